@@ -1,0 +1,136 @@
+"""Flower ClientApp: message handlers that delegate to the strategy's client half."""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from flwr.app import Context, Message, MetricRecord
+from flwr.clientapp import ClientApp
+
+from flsplit.config import RunConfig, parse_run_config
+from flsplit.data import eval_indices, test_tensors
+from flsplit.split import activation_shape
+from flsplit.wire import Packet, decode, encode, load_weights, weight_specs, weights_of
+from strategies import ClientSlice, get_strategy, strategy_names
+from apps.client_state import client_dataset, client_loader, load_slice, partition_of, save_slice
+
+app = ClientApp()
+
+MB = 1 << 20
+
+
+@lru_cache(maxsize=4)
+def _parse(items: tuple[tuple[str, object], ...]) -> RunConfig:
+    return parse_run_config(dict(items), strategies=strategy_names())
+
+
+def run_config(context: Context) -> RunConfig:
+    """The validated run config (parsed once per process)."""
+    return _parse(tuple(sorted(context.run_config.items())))
+
+
+def _quota(config: RunConfig, batches_per_epoch: int) -> int:
+    quota = config.local_epochs * batches_per_epoch
+    return min(quota, config.max_batches) if config.max_batches else quota
+
+
+@app.query("hello")
+def hello(msg: Message, context: Context) -> Message:
+    """Tell the server who this node is and how much data it holds."""
+    config = run_config(context)
+    partition_id, num_partitions = partition_of(context)
+    loader = client_loader(context, config)
+    info = {
+        "partition_id": partition_id,
+        "num_partitions": num_partitions,
+        "num_examples": len(loader),
+        "batches_per_round": _quota(config, loader.batches_per_epoch),
+    }
+    return Message(encode(Packet(info=info)), reply_to=msg)
+
+
+@app.train("step")
+def train_step(msg: Message, context: Context) -> Message:
+    """One training exchange: apply what came down, train, and upload."""
+    started = time.perf_counter()
+    config = run_config(context)
+    strategy = get_strategy(config.strategy)
+    half = strategy.client(config)
+    client = load_slice(context, config, strategy.uses_aux_head)
+    specs = half.download_specs(activation_shape(config)) if msg.content.array_records else []
+    request = decode(msg.content, specs)
+    round_number = int(request.info["round"])  # type: ignore[arg-type]
+    if round_number != client.counters["round"]:
+        client.counters["round"] = round_number
+        client.counters["round_end"] = client.counters["step"] + _quota(config, client.loader.batches_per_epoch)
+    upload = half.train(request, client, int(config.chunk_mb * MB))
+    save_slice(context, client)
+    timings = client.watch.take()
+    upload.info |= {
+        "fwd_s": timings.get("fwd", 0.0),
+        "bwd_s": timings.get("bwd", 0.0),
+        "handler_s": time.perf_counter() - started,
+    }
+    return Message(encode(upload), reply_to=msg)
+
+
+@app.train("sync")
+def sync(msg: Message, context: Context) -> Message:
+    """Upload the slice (and head) for aggregation, weighted by the number of examples."""
+    config = run_config(context)
+    client = load_slice(context, config, get_strategy(config.strategy).uses_aux_head)
+    content = encode(Packet({"weights": weights_of(client.modules())}))
+    content["metrics"] = MetricRecord({"num-examples": len(client.loader)})
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Load aggregated weights if sent; then run a chunk of the test split through the slice."""
+    config = run_config(context)
+    strategy = get_strategy(config.strategy)
+    client = load_slice(context, config, strategy.uses_aux_head)
+    specs = weight_specs(client.modules()) if "weights" in msg.content.array_records else []
+    request = decode(msg.content, specs, same_batch=False)
+    if "weights" in request.tensors:
+        load_weights(client.modules(), request.tensors["weights"])
+        save_slice(context, client)
+    if not request.info.get("evaluate", True):
+        return Message(encode(Packet(info={"done": True})), reply_to=msg)
+    return Message(encode(_evaluate_chunk(context, config, client, int(request.info["offset"]))), reply_to=msg)  # type: ignore[arg-type]
+
+
+def _evaluate_chunk(context: Context, config: RunConfig, client: ClientSlice, offset: int) -> Packet:
+    started = time.perf_counter()
+    data = client_dataset(context, config)
+    order = eval_indices(data, config.eval_samples)
+    c, h, w = activation_shape(config)
+    per_message = max(1, int(config.chunk_mb * MB) // (c * h * w * 4))
+    chosen = order[offset : offset + per_message]
+    zs, ys = [], []
+    aux_correct, aux_loss_sum = 0, 0.0
+    client.bottom.eval()
+    if client.aux is not None:
+        client.aux.eval()
+    with torch.no_grad():
+        for start in range(0, len(chosen), 256):
+            x, y = test_tensors(data, chosen[start : start + 256])
+            z = client.bottom(x)
+            if client.aux is not None:
+                logits = client.aux(z)
+                aux_correct += int((logits.argmax(1) == y).sum())
+                aux_loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            zs.append(z)
+            ys.append(y)
+    next_offset = offset + len(chosen)
+    info = {
+        "done": next_offset >= len(order),
+        "next_offset": next_offset,
+        "aux_correct": aux_correct,
+        "aux_loss_sum": aux_loss_sum,
+        "handler_s": time.perf_counter() - started,
+    }
+    return Packet({"activations": {"z": torch.cat(zs)}, "labels": {"y": torch.cat(ys)}}, info)

@@ -1,0 +1,104 @@
+"""Message transport for the per-batch path: push, poll, decode, count bytes.
+
+``grid.send_and_receive`` sleeps 0.1 s (simulation) or 3 s (deployment) between pulls, which
+would dominate a per-batch round trip. The exchange instead pushes one message at a time per
+node (two in flight for one node could race on the node's state) and polls the SuperLink
+every few milliseconds. Replies are handed out per node, so the caller decides the order in
+which the server consumes them, and that order does not depend on arrival times.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from flsplit.ledger import Ledger
+from flsplit.wire import Packet, PayloadError, TensorSpec, decode, encode
+
+
+@dataclass
+class Reply:
+    """A node's reply: the decoded packet, or the reason it could not be used."""
+
+    node_id: int
+    message: Message | None
+    packet: Packet | None
+    error: str | None
+    round_trip_s: float
+
+
+class Exchange:
+    """Keeps at most one message in flight per node and returns its reply on request."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        ledger: Ledger,
+        client_index: dict[int, int],
+        poll_s: float = 0.002,
+        timeout_s: float = 600.0,
+    ) -> None:
+        self.grid, self.ledger, self.client_index = grid, ledger, client_index
+        self.poll_s, self.timeout_s = poll_s, timeout_s
+        self._in_flight: dict[str, tuple[int, float, str]] = {}  # message id -> node, sent, phase
+        self._arrived: dict[int, tuple[Message, float]] = {}
+
+    def send(self, node_id: int, message_type: str, packet: Packet, phase: str = "train") -> None:
+        """Push one message to ``node_id``; its reply is collected with ``receive``."""
+        if any(node == node_id for node, _, _ in self._in_flight.values()):
+            raise RuntimeError(f"node {node_id} already has a message in flight")
+        content = encode(packet)
+        self.ledger.count(self.client_index[node_id], "down", content, phase)
+        message = Message(content, dst_node_id=node_id, message_type=message_type)
+        ids = list(self.grid.push_messages([message]))
+        if not ids or not ids[0]:
+            raise RuntimeError(
+                f"SuperLink refused a {message_type} message to node {node_id} "
+                "(for example a payload over its size limit); lower chunk-mb"
+            )
+        self._in_flight[ids[0]] = (node_id, time.perf_counter(), phase)
+
+    def receive(self, node_id: int, specs: Sequence[TensorSpec], same_batch: bool = True) -> Reply:
+        """Wait for ``node_id``'s reply and validate it against ``specs`` (if it has tensors)."""
+        deadline = time.perf_counter() + self.timeout_s
+        while node_id not in self._arrived:
+            if not any(node == node_id for node, _, _ in self._in_flight.values()):
+                raise RuntimeError(f"no message in flight for node {node_id}")
+            if time.perf_counter() > deadline:
+                self.abandon(node_id)
+                return Reply(node_id, None, None, f"no reply within {self.timeout_s:.0f} s", self.timeout_s)
+            if not self._pull():
+                time.sleep(self.poll_s)
+        message, round_trip = self._arrived.pop(node_id)
+        if message.has_error():
+            return Reply(node_id, message, None, f"client error: {message.error.reason}", round_trip)
+        phase = "eval" if message.metadata.message_type == "evaluate" else "train"
+        self.ledger.count(self.client_index[node_id], "up", message.content, phase)
+        try:
+            packet = decode(message.content, specs if message.content.array_records else [], same_batch)
+        except PayloadError as err:
+            return Reply(node_id, message, None, f"bad payload: {err}", round_trip)
+        return Reply(node_id, message, packet, None, round_trip)
+
+    def abandon(self, node_id: int) -> None:
+        """Forget a node's in-flight message (its reply, if it ever comes, is dropped)."""
+        for message_id, (node, _, _) in list(self._in_flight.items()):
+            if node == node_id:
+                del self._in_flight[message_id]
+        self._arrived.pop(node_id, None)
+
+    def _pull(self) -> bool:
+        if not self._in_flight:
+            return False
+        replies = list(self.grid.pull_messages(list(self._in_flight)))
+        now = time.perf_counter()
+        for reply in replies:
+            entry = self._in_flight.pop(reply.metadata.reply_to_message_id, None)
+            if entry is not None:
+                node_id, sent_at, _ = entry
+                self._arrived[node_id] = (reply, now - sent_at)
+        return bool(replies)

@@ -1,0 +1,123 @@
+"""The one place where run-config keys are defined and validated.
+
+Keys are kebab-case, as in ``[tool.flwr.app.config]``. Validation runs before any training,
+and every bad key is reported in one message that names the key and what it accepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from flsplit.models import DEPTHS, head_names, num_blocks, resolve_cut
+
+
+class ConfigError(ValueError):
+    """Raised when the run config has bad keys or values; the message lists all of them."""
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class RunConfig(BaseModel):
+    """Validated run configuration (see the settings table in the README)."""
+
+    model_config = ConfigDict(
+        alias_generator=_kebab, extra="forbid", frozen=True, protected_namespaces=()
+    )
+
+    strategy: str = "dsl"
+    model: Literal["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"] = "resnet20"
+    cut: str = "s"
+    aux_head: str = "pooled"
+    dataset: Literal["cifar10", "cifar100", "synthetic"] = "cifar10"
+    data_dir: str = ""
+    partition: Literal["iid", "dirichlet", "pathological"] = "iid"
+    dirichlet_alpha: float = Field(1.0, gt=0)
+    classes_per_client: int = Field(2, ge=1)
+    num_server_rounds: int = Field(3, ge=1)
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    aggregate_clients: bool = False
+    seed: int = Field(0, ge=0)
+    results_dir: str = "results"
+    run_name: str = ""
+    max_batches: int = Field(0, ge=0)
+    eval_samples: int = Field(0, ge=0)
+    chunk_mb: float = Field(64.0, gt=0)
+    min_clients: int = Field(1, ge=1)
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str, info: ValidationInfo) -> str:
+        known = (info.context or {}).get("strategies")
+        if known is not None and value not in known and "." not in value:
+            raise ValueError(f"unknown strategy '{value}'; choose one of {sorted(known)}")
+        return value
+
+    @field_validator("cut", mode="before")
+    @classmethod
+    def _cut_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("aux_head")
+    @classmethod
+    def _known_head(cls, value: str) -> str:
+        if value not in head_names():
+            raise ValueError(f"unknown head '{value}'; choose one of {head_names()}")
+        return value
+
+    @field_validator("cut")
+    @classmethod
+    def _valid_cut(cls, value: str, info: ValidationInfo) -> str:
+        model = info.data.get("model")
+        if model is not None:
+            resolve_cut(value, model)  # raises ValueError naming the allowed range
+        return value
+
+    @property
+    def cut_blocks(self) -> int:
+        """The cut as a number of residual blocks kept on the client."""
+        return resolve_cut(self.cut, self.model)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the configured dataset."""
+        return 100 if self.dataset == "cifar100" else 10
+
+    def as_run_config(self) -> dict[str, Any]:
+        """The config as kebab-case keys, as written to ``config.json``."""
+        return self.model_dump(by_alias=True)
+
+
+def parse_run_config(
+    raw: Mapping[str, Any], strategies: Iterable[str] | None = None
+) -> RunConfig:
+    """Validate a Flower run config; raise one ``ConfigError`` that lists every bad key."""
+    context = {"strategies": set(strategies)} if strategies is not None else None
+    try:
+        return RunConfig.model_validate(dict(raw), context=context)
+    except ValidationError as err:
+        lines = []
+        for problem in err.errors():
+            key = ".".join(str(part) for part in problem["loc"]) or "(config)"
+            message = problem["msg"].removeprefix("Value error, ")
+            if problem["type"] == "extra_forbidden":
+                message = f"unknown key; valid keys are {sorted(_valid_keys())}"
+            elif problem["type"] == "literal_error":
+                message = f"{message} (got {problem.get('input')!r})"
+            lines.append(f"  - {key}: {message}")
+        raise ConfigError("invalid run config:\n" + "\n".join(lines)) from None
+
+
+def _valid_keys() -> list[str]:
+    return [_kebab(name) for name in RunConfig.model_fields]
+
+
+__all__ = ["ConfigError", "RunConfig", "parse_run_config", "DEPTHS", "num_blocks"]

@@ -1,0 +1,79 @@
+"""Communication ledger: serialized bytes per client, direction, kind and phase.
+
+Training traffic and evaluation traffic are kept apart, and so are tensor payloads
+(activations, labels, gradients, weights) and control records (round numbers, flags,
+timings), so ``bytes_up``/``bytes_down`` mean what the papers count: the tensors that
+training puts on the wire, as Flower serializes them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from flwr.app import RecordDict
+
+from flsplit.wire import INFO, KINDS, serialized_size
+
+Key = tuple[int, str, str, str]  # (client, direction, kind, phase)
+
+
+class Ledger:
+    """Counts every message's serialized content; ``round_summary`` closes a round."""
+
+    def __init__(self) -> None:
+        self._round: dict[Key, int] = defaultdict(int)
+        self.totals: dict[Key, int] = defaultdict(int)
+        self.messages = 0
+
+    def count(self, client: int, direction: str, content: RecordDict, phase: str = "train") -> int:
+        """Add one message's content; return its serialized size."""
+        total = 0
+        for name, record in content.items():
+            kind = name if name in KINDS else "control"
+            size = serialized_size(record)
+            # Model weights are training traffic, even when they ride on an evaluate message.
+            self._round[(client, direction, kind, "train" if kind == "weights" else phase)] += size
+            total += size
+        self.messages += 1
+        return total
+
+    def add(self, client: int, direction: str, kind: str, nbytes: int, phase: str = "train") -> None:
+        """Add bytes that did not travel as one of our messages (for example a restored total)."""
+        self._round[(client, direction, kind, phase)] += nbytes
+
+    def round_summary(self) -> dict[str, int]:
+        """This round's byte counts as metrics fields; moves them into the run totals."""
+        def total(direction: str | None = None, kind: str | None = None, phase: str = "train") -> int:
+            return sum(
+                v
+                for (_, d, k, p), v in self._round.items()
+                if p == phase and direction in (None, d) and kind in (None, k)
+            )
+
+        summary = {
+            "bytes_up": total("up") - total("up", "control"),
+            "bytes_down": total("down") - total("down", "control"),
+            "bytes_up_activations": total("up", "activations"),
+            "bytes_up_labels": total("up", "labels"),
+            "bytes_down_gradients": total("down", "gradients"),
+            "bytes_model_sync": total(None, "weights"),
+            "bytes_control_up": total("up", "control"),
+            "bytes_control_down": total("down", "control"),
+            "bytes_eval_up": total("up", phase="eval"),
+            "bytes_eval_down": total("down", phase="eval"),
+        }
+        for key, value in self._round.items():
+            self.totals[key] += value
+        self._round.clear()
+        return summary
+
+    def per_client_round(self) -> dict[int, dict[str, int]]:
+        """Training bytes of the open round by client and direction (for per-client reports)."""
+        out: dict[int, dict[str, int]] = defaultdict(lambda: {"up": 0, "down": 0})
+        for (client, direction, _, phase), value in self._round.items():
+            if phase == "train":
+                out[client][direction] += value
+        return dict(out)
+
+
+__all__ = ["Ledger", "INFO"]

@@ -1,0 +1,173 @@
+"""Tensors <-> Flower message records, with validation of everything received.
+
+A message's content is a ``Packet``: tensors grouped by *kind* (``activations``, ``labels``,
+``gradients``, ``weights``), each kind one ``ArrayRecord``, plus scalar ``info`` in a
+``ConfigRecord``. Grouping by kind is what lets the ledger count each kind as its own line.
+Nothing decoded reaches a model before its keys, dtype, shape, finiteness and label range
+have been checked; a bad payload raises ``PayloadError`` naming the problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from torch import nn
+
+INFO = "info"
+KINDS = ("activations", "labels", "gradients", "weights")
+
+Info = dict[str, int | float | str | bool | list[int]]
+
+
+class PayloadError(ValueError):
+    """A received payload is malformed; the message names the record, the key and the problem."""
+
+
+@dataclass
+class Packet:
+    """What one message carries: tensors by kind, and scalar control information."""
+
+    tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    info: Info = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What a received tensor must look like. ``None`` in ``shape`` matches any size."""
+
+    kind: str
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int | None, ...]
+    num_classes: int | None = None  # labels: values must lie in [0, num_classes)
+
+
+def encode(packet: Packet) -> RecordDict:
+    """Build a message's ``RecordDict`` from a packet."""
+    content = RecordDict()
+    for kind, tensors in packet.tensors.items():
+        if kind not in KINDS:
+            raise ValueError(f"unknown payload kind '{kind}'; use one of {KINDS}")
+        content[kind] = ArrayRecord(
+            {name: Array(t.detach().cpu().contiguous().numpy()) for name, t in tensors.items()}
+        )
+    content[INFO] = ConfigRecord(dict(packet.info))
+    return content
+
+
+def decode(content: RecordDict, specs: Sequence[TensorSpec], same_batch: bool = True) -> Packet:
+    """Validate ``content`` against ``specs`` and return it as a packet.
+
+    Every spec'd tensor must be present, no other tensor may be, and with ``same_batch`` all
+    tensors share their first dimension (activations and labels of one batch).
+    """
+    if INFO not in content.config_records:
+        raise PayloadError("payload has no 'info' record")
+    expected: dict[str, dict[str, TensorSpec]] = {}
+    for spec in specs:
+        expected.setdefault(spec.kind, {})[spec.name] = spec
+    unexpected = set(content.array_records) - set(expected)
+    if unexpected:
+        raise PayloadError(f"payload has unexpected records {sorted(unexpected)}")
+    packet = Packet(info=dict(content.config_records[INFO]))  # type: ignore[arg-type]
+    for kind, wanted in expected.items():
+        record = content.array_records.get(kind)
+        if record is None:
+            raise PayloadError(f"payload is missing the '{kind}' record")
+        missing, extra = set(wanted) - set(record), set(record) - set(wanted)
+        if missing or extra:
+            raise PayloadError(
+                f"'{kind}' record: missing keys {sorted(missing)}, unexpected keys {sorted(extra)}"
+            )
+        packet.tensors[kind] = {name: _decode_array(record[name], spec) for name, spec in wanted.items()}
+    if same_batch:
+        sizes = {f"{k}.{n}": t.shape[0] for k, ts in packet.tensors.items() for n, t in ts.items()}
+        if len(set(sizes.values())) > 1:
+            raise PayloadError(f"batch-size mismatch between tensors: {sizes}")
+    return packet
+
+
+def _decode_array(array: Array, spec: TensorSpec) -> torch.Tensor:
+    where = f"'{spec.kind}.{spec.name}'"
+    expected_dtype = str(torch.empty(0, dtype=spec.dtype).numpy().dtype)
+    if array.dtype != expected_dtype:
+        raise PayloadError(f"{where}: dtype {array.dtype}, expected {expected_dtype}")
+    _check_shape(where, tuple(array.shape), spec.shape)
+    try:
+        values = array.numpy()
+    except Exception as err:  # noqa: BLE001 - truncated or corrupt bytes
+        raise PayloadError(f"{where}: cannot decode the array bytes ({err})") from None
+    if str(values.dtype) != expected_dtype or values.shape != tuple(array.shape):
+        raise PayloadError(
+            f"{where}: bytes hold {values.dtype}{list(values.shape)}, "
+            f"metadata says {array.dtype}{list(array.shape)}"
+        )
+    tensor = torch.from_numpy(np.array(values, copy=True))
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise PayloadError(f"{where}: contains NaN or Inf")
+    if spec.num_classes is not None and tensor.numel() and (
+        int(tensor.min()) < 0 or int(tensor.max()) >= spec.num_classes
+    ):
+        raise PayloadError(
+            f"{where}: label values span [{int(tensor.min())}, {int(tensor.max())}], "
+            f"expected [0, {spec.num_classes - 1}]"
+        )
+    return tensor
+
+
+def _check_shape(where: str, got: tuple[int, ...], want: tuple[int | None, ...]) -> None:
+    if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want)):
+        shown = ["*" if w is None else w for w in want]
+        raise PayloadError(f"{where}: shape {list(got)}, expected {shown}")
+
+
+def serialized_size(content: RecordDict | ArrayRecord | ConfigRecord) -> int:
+    """Bytes Flower ships for this content: its unique deflated objects, headers included."""
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(content).values())
+
+
+# --- model weights -------------------------------------------------------------------------
+
+
+def module_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers to ship or store (BatchNorm's step counter is left out)."""
+    return {
+        name: value
+        for name, value in module.state_dict().items()
+        if not name.endswith("num_batches_tracked")
+    }
+
+
+def weight_specs(modules: Mapping[str, nn.Module]) -> list[TensorSpec]:
+    """Specs that a weights record for ``modules`` (prefix -> module) must satisfy."""
+    return [
+        TensorSpec("weights", f"{prefix}.{name}", value.dtype, tuple(value.shape))
+        for prefix, module in modules.items()
+        for name, value in module_state(module).items()
+    ]
+
+
+def weights_of(modules: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """All weights of ``modules`` as one flat dict, keys prefixed by the module's name."""
+    return {
+        f"{prefix}.{name}": value
+        for prefix, module in modules.items()
+        for name, value in module_state(module).items()
+    }
+
+
+def load_weights(modules: Mapping[str, nn.Module], weights: Mapping[str, torch.Tensor]) -> None:
+    """Load validated flat weights (see ``weights_of``) into ``modules``."""
+    for prefix, module in modules.items():
+        own = {k[len(prefix) + 1 :]: v for k, v in weights.items() if k.startswith(prefix + ".")}
+        module.load_state_dict(own, strict=False)
+
+
+def as_float32_weights(record: ArrayRecord) -> ArrayRecord:
+    """Cast aggregated arrays (which FedAvg may widen to float64) back to float32."""
+    return ArrayRecord({k: Array(v.numpy().astype(np.float32)) for k, v in record.items()})

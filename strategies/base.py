@@ -1,0 +1,179 @@
+"""The strategy contract: a client half and a server half, and the registry that names them.
+
+A strategy is the algorithm only. The apps move its packets as Flower messages, persist the
+client's state between messages, count bytes and run evaluation; a strategy never sees a
+Grid, a Message or a Context.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flsplit.config import RunConfig
+from flsplit.data import PartitionLoader
+from flsplit.metering import Stopwatch
+from flsplit.wire import Packet, PayloadError, TensorSpec
+
+
+@dataclass
+class ClientSlice:
+    """A client's trainable state between messages.
+
+    ``counters`` (``step``: next batch; ``round_end``: first batch of the next round, plus
+    whatever a strategy adds) are persisted with the weights and optimizer. ``live`` holds
+    in-process objects such as an autograd graph; it is empty whenever the slice was rebuilt
+    from persisted state in another process, and a strategy must cope with that.
+    """
+
+    bottom: nn.Sequential
+    aux: nn.Module | None
+    optimizer: torch.optim.Optimizer
+    loader: PartitionLoader
+    counters: dict[str, int]
+    watch: Stopwatch = field(default_factory=Stopwatch)
+    live: dict[str, Any] = field(default_factory=dict)
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The trainable modules by name (``bottom``, and ``aux`` where the strategy has one)."""
+        return {"bottom": self.bottom} | ({"aux": self.aux} if self.aux is not None else {})
+
+    def next_batch(self) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+        """The next batch of this round as ``(step, x, y)``, or ``None`` when the round is done."""
+        step = self.counters["step"]
+        if step >= self.counters["round_end"]:
+            return None
+        self.counters["step"] = step + 1
+        return (step, *self.loader.batch(step))
+
+
+class ClientHalf(ABC):
+    """What a client does with one training request from the server."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def train(self, request: Packet, client: ClientSlice, max_bytes: int) -> Packet:
+        """Train on the next batches and return the upload (``info["done"]`` ends the round)."""
+
+    def download_specs(self, activation_shape: tuple[int, int, int]) -> list[TensorSpec]:
+        """What a training request from the server may carry (default: no tensors)."""
+        return []
+
+
+class ServerHalf(ABC):
+    """What the server does with one upload. It owns the top slice and its optimizer."""
+
+    #: If False, the next request to a client does not depend on its upload, so the app sends
+    #: it before training on the upload and client and server compute overlap.
+    replies_to_uploads: bool = True
+
+    def __init__(self, top: nn.Module, optimizer: torch.optim.Optimizer, config: RunConfig) -> None:
+        self.top, self.optimizer, self.config = top, optimizer, config
+        self.watch = Stopwatch()
+        self._loss_sum, self._correct, self._samples = 0.0, 0, 0
+
+    def request(self) -> Packet:
+        """A training request that depends on no upload (round start; pipelined requests)."""
+        return Packet()
+
+    @abstractmethod
+    def on_upload(self, client_id: int, upload: Packet) -> Packet | None:
+        """Train on a client's upload; return what goes back, or ``None`` if nothing does."""
+
+    def upload_specs(self, activation_shape: tuple[int, int, int]) -> list[TensorSpec]:
+        """What an upload carrying data must contain: activations and their labels."""
+        return [
+            TensorSpec("activations", "z", torch.float32, (None, *activation_shape)),
+            TensorSpec("labels", "y", torch.int64, (None,), self.config.num_classes),
+        ]
+
+    def train_batches(self, upload: Packet, keep_input_grad: bool = False) -> torch.Tensor | None:
+        """One optimizer step of the top slice per batch in ``upload``.
+
+        Returns ``dL/dz`` for the whole upload when ``keep_input_grad`` is set.
+        """
+        z_all = upload.tensors["activations"]["z"]
+        y_all = upload.tensors["labels"]["y"]
+        sizes = batch_sizes(upload, len(y_all), self.config.batch_size)
+        grads = []
+        self.top.train()
+        with self.watch.time("server"):
+            for z, y in zip(z_all.split(sizes), y_all.split(sizes)):
+                z = z.detach().requires_grad_(keep_input_grad)
+                logits = self.top(z)
+                loss = F.cross_entropy(logits, y)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self._loss_sum += loss.item() * len(y)
+                self._correct += int((logits.argmax(1) == y).sum())
+                self._samples += len(y)
+                if keep_input_grad:
+                    grads.append(z.grad)
+        return torch.cat(grads) if keep_input_grad else None
+
+    def take_metrics(self) -> dict[str, float]:
+        """Mean training loss and accuracy of the top slice since the last call."""
+        n = max(self._samples, 1)
+        out = {"train_loss": self._loss_sum / n, "train_accuracy": self._correct / n}
+        self._loss_sum, self._correct, self._samples = 0.0, 0, 0
+        return out
+
+
+def batch_sizes(upload: Packet, total: int, max_batch: int) -> list[int]:
+    """The upload's per-batch sizes, checked against its sample count and the batch size."""
+    sizes = upload.info.get("batch_sizes", [total])
+    if not isinstance(sizes, list) or not all(isinstance(s, int) and 0 < s <= max_batch for s in sizes):
+        raise PayloadError(f"info.batch_sizes: {sizes!r} is not a list of sizes in 1..{max_batch}")
+    if sum(sizes) != total:
+        raise PayloadError(f"info.batch_sizes: sums to {sum(sizes)}, but {total} samples came")
+    return sizes
+
+
+class SplitStrategy:
+    """A named pair of halves. Subclass, set the attributes, and decorate with ``@register``."""
+
+    name: str = ""
+    uses_aux_head: bool = False
+    client: type[ClientHalf]
+    server: type[ServerHalf]
+
+
+_REGISTRY: dict[str, type[SplitStrategy]] = {}
+
+
+def register(strategy: type[SplitStrategy]) -> type[SplitStrategy]:
+    """Make a strategy selectable by its ``name`` in the ``strategy`` run-config key."""
+    if not strategy.name:
+        raise ValueError(f"{strategy.__qualname__} needs a non-empty 'name'")
+    _REGISTRY[strategy.name] = strategy
+    return strategy
+
+
+def strategy_names() -> list[str]:
+    """Names of all registered strategies."""
+    return sorted(_REGISTRY)
+
+
+def get_strategy(name: str) -> type[SplitStrategy]:
+    """Look up a strategy by registered name, or import it from ``package.module:Class``."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    module_name, _, attr = name.replace(":", ".").rpartition(".")
+    if module_name:
+        try:
+            found = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"strategy: cannot import '{name}' ({err})") from None
+        if isinstance(found, type) and issubclass(found, SplitStrategy):
+            return found
+        raise ValueError(f"strategy: '{name}' is not a SplitStrategy subclass")
+    raise ValueError(f"strategy: unknown strategy '{name}'; choose one of {strategy_names()}")

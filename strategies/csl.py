@@ -1,0 +1,91 @@
+"""Conventional split learning: the server sends ``dL/dz`` back for every batch.
+
+One request carries the gradient for the client's previous batch and asks for the next
+batch's activations, so a batch costs one round trip.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from flsplit.wire import Packet, PayloadError, TensorSpec
+from strategies.base import ClientHalf, ClientSlice, ServerHalf, SplitStrategy, register
+
+
+class CSLClient(ClientHalf):
+    """Backpropagates the server's gradient through the bottom slice, then sends the next batch."""
+
+    def train(self, request: Packet, client: ClientSlice, max_bytes: int) -> Packet:
+        if "gradients" in request.tensors:
+            self._apply_gradient(client, request.tensors["gradients"]["dz"])
+        batch = client.next_batch()
+        if batch is None:
+            return Packet(info={"done": True})
+        step, x, y = batch
+        client.bottom.train()
+        with client.watch.time("fwd"):
+            z = client.bottom(x)
+        client.live["pending"] = (step, z)
+        client.counters["pending"] = step
+        return Packet(
+            {"activations": {"z": z.detach()}, "labels": {"y": y}},
+            {"batch_sizes": [len(y)], "done": False},
+        )
+
+    def download_specs(self, activation_shape: tuple[int, int, int]) -> list[TensorSpec]:
+        return [TensorSpec("gradients", "dz", torch.float32, (None, *activation_shape))]
+
+    def _apply_gradient(self, client: ClientSlice, dz: torch.Tensor) -> None:
+        pending = client.counters.get("pending", -1)
+        if pending < 0:
+            raise PayloadError("gradients.dz: received a gradient but no batch is pending")
+        live_step, z = client.live.pop("pending", (None, None))
+        running_stats = None
+        if live_step != pending:
+            running_stats = {name: b.clone() for name, b in client.bottom.named_buffers()}
+            z = _replay_forward(client, pending)
+        if dz.shape != z.shape:
+            raise PayloadError(f"gradients.dz: shape {list(dz.shape)}, expected {list(z.shape)}")
+        with client.watch.time("bwd"):
+            client.optimizer.zero_grad(set_to_none=True)
+            z.backward(dz)
+            client.optimizer.step()
+        if running_stats is not None:
+            # The original forward pass already updated BatchNorm's running statistics.
+            with torch.no_grad():
+                for name, buffer in client.bottom.named_buffers():
+                    buffer.copy_(running_stats[name])
+        client.counters["pending"] = -1
+
+
+def _replay_forward(client: ClientSlice, step: int) -> torch.Tensor:
+    """Rebuild the graph of batch ``step`` in a process that did not run its forward pass.
+
+    The persisted weights are those the forward pass used, and the batch is a pure function
+    of its step, so the forward is recomputed exactly (the caller restores BatchNorm's
+    running statistics after the backward pass, which needs them unmodified).
+    """
+    x, _ = client.loader.batch(step)
+    client.bottom.train()
+    with client.watch.time("fwd"):
+        return client.bottom(x)
+
+
+class CSLServer(ServerHalf):
+    """Trains the top slice on each batch and returns the gradient of its input."""
+
+    replies_to_uploads = True
+
+    def on_upload(self, client_id: int, upload: Packet) -> Packet | None:
+        dz = self.train_batches(upload, keep_input_grad=True)
+        return Packet({"gradients": {"dz": dz}})
+
+
+@register
+class CSL(SplitStrategy):
+    """Conventional split learning (Gupta and Raskar, 2018)."""
+
+    name = "csl"
+    uses_aux_head = False
+    client = CSLClient
+    server = CSLServer
