@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny datasets written in the real on-disk formats, and an isolated cache."""
+
+from __future__ import annotations
+
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Decoded-array cache in a temp dir, so tests never read or write ~/.cache."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("FLSPLIT_CACHE_DIR", str(cache))
+    return cache
+
+
+def _images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, size=n)
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """``root/{train,test}/<class>/NNNN.png`` with 10 classes (PNG keeps pixels exact)."""
+    root = tmp_path / "cifar10-png"
+    for split, n in (("train", 40), ("test", 20)):
+        images, labels = _images(n, seed=len(split))
+        labels[:10] = np.arange(10)  # every class present
+        for i, (img, label) in enumerate(zip(images, labels)):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(folder / f"{i:04d}.png")
+    return root
+
+
+def _tar(source: Path, archive: Path) -> Path:
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source, arcname=source.name)
+    return archive
+
+
+@pytest.fixture
+def image_folder_tar(image_folder: Path, tmp_path: Path) -> Path:
+    return _tar(image_folder, tmp_path / "cifar10-png.tar.gz")
+
+
+def _write_batch(path: Path, images: np.ndarray, labels: np.ndarray, label_key: bytes) -> None:
+    data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    with open(path, "wb") as handle:
+        pickle.dump({b"data": data, label_key: labels.tolist()}, handle)
+
+
+@pytest.fixture
+def cifar10_pickles(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """``cifar-10-batches-py/`` with five tiny train batches and a test batch."""
+    root = tmp_path / "c10" / "cifar-10-batches-py"
+    root.mkdir(parents=True)
+    all_images = []
+    for i in range(1, 6):
+        images, labels = _images(6, seed=i)
+        _write_batch(root / f"data_batch_{i}", images, labels, b"labels")
+        all_images.append(images)
+    images, labels = _images(5, seed=99)
+    _write_batch(root / "test_batch", images, labels, b"labels")
+    return root, np.concatenate(all_images)
+
+
+@pytest.fixture
+def cifar100_pickles(tmp_path: Path) -> Path:
+    """``cifar-100-python/`` with ``train``, ``test`` and ``meta`` as the real files have."""
+    root = tmp_path / "c100" / "cifar-100-python"
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    for split, n in (("train", 30), ("test", 12)):
+        images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+        _write_batch(root / split, images, rng.integers(0, 100, size=n), b"fine_labels")
+    with open(root / "meta", "wb") as handle:
+        pickle.dump({b"fine_label_names": [f"c{i}".encode() for i in range(100)]}, handle)
+    return root
+
+
+@pytest.fixture
+def cifar100_tar(cifar100_pickles: Path, tmp_path: Path) -> Path:
+    return _tar(cifar100_pickles, tmp_path / "cifar-100-python.tar.gz")

@@ -1,0 +1,62 @@
+"""The client's slice survives a trip through Flower's ``context.state`` with nothing lost."""
+
+import torch
+from flwr.app import Context, RecordDict
+
+from apps import client_state
+from flsplit.config import parse_run_config
+from flsplit.wire import Packet, module_state
+from strategies.dsl import DSLClient
+
+
+def _context(run_config: dict) -> Context:
+    return Context(
+        run_id=1,
+        node_id=7,
+        node_config={"partition-id": 1, "num-partitions": 2},
+        state=RecordDict(),
+        run_config=run_config,
+    )
+
+
+def test_rebuilt_slice_equals_the_saved_one_weights_momentum_and_counters() -> None:
+    # Prepare
+    raw = {"dataset": "synthetic", "model": "resnet20", "cut": 2, "batch-size": 16}
+    config = parse_run_config(raw)
+    context = _context(raw)
+    client = client_state.load_slice(context, config, with_aux=True)
+    client.counters["round_end"] = 3
+    DSLClient(config).train(Packet(), client, 1 << 30)
+    client_state.save_slice(context, client)
+    # Execute: drop the process cache, as when the next message runs elsewhere
+    client_state._LIVE.clear()
+    rebuilt = client_state.load_slice(context, config, with_aux=True)
+    # Assert
+    assert rebuilt is not client
+    assert rebuilt.counters == client.counters == {"step": 3, "round_end": 3, "round": 0}
+    # (BatchNorm's step counter is not kept: with momentum-style running stats it is unused)
+    for module, other in ((client.bottom, rebuilt.bottom), (client.aux, rebuilt.aux)):
+        for a, b in zip(module_state(module).values(), module_state(other).values()):
+            assert torch.equal(a, b)
+    saved_momentum = [client.optimizer.state[p]["momentum_buffer"] for g in client.optimizer.param_groups for p in g["params"]]
+    rebuilt_momentum = [rebuilt.optimizer.state[p]["momentum_buffer"] for g in rebuilt.optimizer.param_groups for p in g["params"]]
+    assert all(torch.equal(a, b) for a, b in zip(saved_momentum, rebuilt_momentum))
+
+
+def test_cache_serves_the_live_slice_only_while_it_is_the_saved_version() -> None:
+    # Prepare
+    raw = {"dataset": "synthetic", "model": "resnet20", "cut": 2}
+    config = parse_run_config(raw)
+    context = _context(raw)
+    client = client_state.load_slice(context, config, with_aux=False)
+    client_state.save_slice(context, client)
+    # Execute / Assert: same version -> same object
+    assert client_state.load_slice(context, config, with_aux=False) is client
+    # another process saved a newer version into the state
+    other = _context(raw)
+    other.state = context.state
+    client_state._LIVE.clear()
+    newer = client_state.load_slice(other, config, with_aux=False)
+    client_state.save_slice(other, newer)
+    client_state._LIVE[(1, 7)] = ("stale-version", client)
+    assert client_state.load_slice(context, config, with_aux=False) is not client
