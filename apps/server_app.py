@@ -45,6 +45,8 @@ class RoundStats:
     client_fwd_s: float = 0.0
     client_bwd_s: float = 0.0
     comm_s: float = 0.0
+    round_trip_s: float = 0.0
+    messages: int = 0
     aux_loss_sum: float = 0.0
     samples: int = 0
     failed: dict[int, str] = field(default_factory=dict)
@@ -91,10 +93,12 @@ def main(grid: Grid, context: Context) -> None:
             "client_bwd_s": stats.client_bwd_s,
             "server_s": server_times.get("server", 0.0),
             "comm_s": stats.comm_s,
+            "train_messages": stats.messages,
+            "round_trip_s": stats.round_trip_s,
             "round_s": train_s,
             "eval_s": time.perf_counter() - eval_started,
             "failed_clients": sorted(clients[i].partition_id for i in stats.failed),
-            "messages": ledger.messages,
+            "messages_total": ledger.messages,
         }
         writer.append(metrics)
         log(
@@ -164,6 +168,8 @@ def _train_round(exchange: Exchange, server: ServerHalf, clients: list[Client], 
             stats.client_fwd_s += float(upload.info.get("fwd_s", 0.0))
             stats.client_bwd_s += float(upload.info.get("bwd_s", 0.0))
             stats.comm_s += max(0.0, reply.round_trip_s - float(upload.info.get("handler_s", 0.0)))
+            stats.round_trip_s += reply.round_trip_s
+            stats.messages += 1
             stats.aux_loss_sum += float(upload.info.get("aux_loss_sum", 0.0))
             stats.samples += len(upload.tensors["labels"]["y"]) if upload.tensors else 0
             if pipelined and not done:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flsplit.results import read_metrics
-from tests.flower_harness import SimulationSuperLink
+from experiments.flower_runner import SimulationSuperLink
 
 REQUIRED = {
     "round", "strategy", "test_accuracy", "test_loss", "train_loss", "aux_accuracy", "bytes_up", "bytes_down",

@@ -1,6 +1,7 @@
 """Start a real SuperLink (simulation mode) on free loopback ports and run ``flwr run`` on it.
 
-Every process is started here with a known PID and killed here, process group and all.
+Used by the end-to-end tests and the experiment drivers. Every process is started here with a
+known PID and killed here, process group and all, so nothing outlives the caller.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class SimulationSuperLink:
         self.stop()
         raise RuntimeError("superlink did not start listening in time")
 
-    def run(self, run_config: str, num_supernodes: int = 2, timeout_s: float = 600.0) -> subprocess.CompletedProcess[str]:
+    def run(self, run_config: str, num_supernodes: int = 2, timeout_s: float = 600.0, capture: bool = True) -> subprocess.CompletedProcess[str]:
         """``flwr run`` the project with ``--stream``; returns when the run has ended."""
         return subprocess.run(
             [
@@ -85,11 +86,17 @@ class SimulationSuperLink:
             ],
             env=self.env,
             cwd=self.home,
-            capture_output=True,
+            capture_output=capture,
             text=True,
             timeout=timeout_s,
             check=False,
         )
+
+    def __enter__(self) -> "SimulationSuperLink":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         """Kill the SuperLink's whole process group (SuperExec, ServerApp, Ray) by PID."""
