@@ -15,7 +15,15 @@ from flsplit.data import eval_indices, test_tensors
 from flsplit.split import activation_shape
 from flsplit.wire import Packet, decode, encode, load_weights, weight_specs, weights_of
 from strategies import ClientSlice, get_strategy, strategy_names
-from apps.client_state import client_dataset, client_loader, load_slice, partition_of, save_slice
+from apps.client_state import (
+    client_dataset,
+    client_loader,
+    load_slice,
+    partition_of,
+    restore_checkpoint,
+    save_slice,
+    write_checkpoint,
+)
 
 app = ClientApp()
 
@@ -42,6 +50,9 @@ def hello(msg: Message, context: Context) -> Message:
     """Tell the server who this node is and how much data it holds."""
     config = run_config(context)
     partition_id, num_partitions = partition_of(context)
+    request = decode(msg.content, [])
+    if "restore" in request.info:
+        restore_checkpoint(context, config, get_strategy(config.strategy).uses_aux_head, str(request.info["restore"]))
     loader = client_loader(context, config)
     info = {
         "partition_id": partition_id,
@@ -98,6 +109,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     if "weights" in request.tensors:
         load_weights(client.modules(), request.tensors["weights"])
         save_slice(context, client)
+    if "checkpoint" in request.info:
+        write_checkpoint(client, str(request.info["checkpoint"]))
     if not request.info.get("evaluate", True):
         return Message(encode(Packet(info={"done": True})), reply_to=msg)
     return Message(encode(_evaluate_chunk(context, config, client, int(request.info["offset"]))), reply_to=msg)  # type: ignore[arg-type]

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import uuid
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 
+from flsplit import checkpoint
 from flsplit.config import RunConfig
 from flsplit.data import Dataset, PartitionLoader, load_dataset, partition_indices
 from flsplit.split import build_halves, sgd
@@ -76,10 +78,13 @@ def client_loader(context: Context, config: RunConfig) -> PartitionLoader:
     return PartitionLoader(_dataset(config.dataset, data_dir, config.seed), indices, config.batch_size, config.seed, partition_id)
 
 
-def load_slice(context: Context, config: RunConfig, with_aux: bool) -> ClientSlice:
-    """The node's current slice: from the process cache if current, else rebuilt from state."""
+def load_slice(context: Context, config: RunConfig, with_aux: bool, fresh: bool = False) -> ClientSlice:
+    """The node's current slice: from the process cache if current, else rebuilt from state.
+
+    ``fresh`` ignores any saved state and returns the seeded initial slice.
+    """
     key = (context.run_id, context.node_id)
-    counters = context.state.config_records.get(COUNTERS)
+    counters = None if fresh else context.state.config_records.get(COUNTERS)
     version = str(counters["version"]) if counters is not None else None
     cached = _LIVE.get(key)
     if cached is not None and version is not None and cached[0] == version:
@@ -96,21 +101,59 @@ def load_slice(context: Context, config: RunConfig, with_aux: bool) -> ClientSli
 def save_slice(context: Context, client: ClientSlice) -> None:
     """Write the slice to the node's state and make it the cached current version."""
     version = uuid.uuid4().hex
-    context.state[WEIGHTS] = ArrayRecord({k: Array(v.detach().numpy()) for k, v in weights_of(client.modules()).items()})
-    momentum = {}
-    for index, param in enumerate(p for group in client.optimizer.param_groups for p in group["params"]):
-        buffer = client.optimizer.state.get(param, {}).get("momentum_buffer")
-        if buffer is not None:
-            momentum[str(index)] = Array(buffer.detach().numpy())
-    context.state[MOMENTUM] = ArrayRecord(momentum)
+    snapshot = _snapshot(client)
+    context.state[WEIGHTS] = ArrayRecord({k: Array(v.numpy()) for k, v in snapshot["weights"].items()})
+    context.state[MOMENTUM] = ArrayRecord({k: Array(v.numpy()) for k, v in snapshot["momentum"].items()})
     context.state[COUNTERS] = ConfigRecord({**client.counters, "version": version})
     _LIVE[(context.run_id, context.node_id)] = (version, client)
 
 
+def write_checkpoint(client: ClientSlice, directory: str) -> None:
+    """Save the slice to ``<directory>/partition-<id>.pt`` (atomically), for ``resume``."""
+    checkpoint.save_atomic(_snapshot(client), Path(directory) / f"partition-{client.loader.partition_id}.pt")
+
+
+def restore_checkpoint(context: Context, config: RunConfig, with_aux: bool, directory: str) -> None:
+    """Load the newest checkpoint of this partition at or before ``directory``'s round."""
+    path = Path(directory)
+    prefix, _, last = path.name.rpartition("-")
+    partition_id, _ = partition_of(context)
+    for round_number in range(int(last), 0, -1):
+        candidate = path.parent / f"{prefix}-{round_number}" / f"partition-{partition_id}.pt"
+        if candidate.exists():
+            client = load_slice(context, config, with_aux, fresh=True)
+            _apply_snapshot(client, checkpoint.load(candidate))
+            save_slice(context, client)
+            return
+    raise FileNotFoundError(f"resume: no checkpoint of partition {partition_id} under {path.parent}")
+
+
+def _params(client: ClientSlice) -> list[torch.nn.Parameter]:
+    return [p for group in client.optimizer.param_groups for p in group["params"]]
+
+
+def _snapshot(client: ClientSlice) -> dict:
+    momentum = {}
+    for index, param in enumerate(_params(client)):
+        buffer = client.optimizer.state.get(param, {}).get("momentum_buffer")
+        if buffer is not None:
+            momentum[str(index)] = buffer.detach().clone()
+    weights = {k: v.detach().clone() for k, v in weights_of(client.modules()).items()}
+    return {"weights": weights, "momentum": momentum, "counters": dict(client.counters)}
+
+
+def _apply_snapshot(client: ClientSlice, snapshot: dict) -> None:
+    load_weights(client.modules(), snapshot["weights"])
+    params = _params(client)
+    for index, buffer in snapshot["momentum"].items():
+        client.optimizer.state[params[int(index)]]["momentum_buffer"] = buffer.clone()
+    client.counters = {k: int(v) for k, v in snapshot["counters"].items() if k != "version"}
+
+
 def _restore(context: Context, client: ClientSlice, counters: ConfigRecord) -> None:
-    weights = {k: torch.from_numpy(v.numpy().copy()) for k, v in context.state[WEIGHTS].items()}
-    load_weights(client.modules(), weights)
-    params = [p for group in client.optimizer.param_groups for p in group["params"]]
-    for index, array in context.state[MOMENTUM].items():
-        client.optimizer.state[params[int(index)]]["momentum_buffer"] = torch.from_numpy(array.numpy().copy())
-    client.counters = {k: int(v) for k, v in counters.items() if k != "version"}  # type: ignore[arg-type]
+    snapshot = {
+        "weights": {k: torch.from_numpy(v.numpy().copy()) for k, v in context.state[WEIGHTS].items()},
+        "momentum": {k: torch.from_numpy(v.numpy().copy()) for k, v in context.state[MOMENTUM].items()},
+        "counters": dict(counters),
+    }
+    _apply_snapshot(client, snapshot)

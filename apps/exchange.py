@@ -44,8 +44,8 @@ class Exchange:
     ) -> None:
         self.grid, self.ledger, self.client_index = grid, ledger, client_index
         self.poll_s, self.timeout_s = poll_s, timeout_s
-        self._in_flight: dict[str, tuple[int, float, str]] = {}  # message id -> node, sent, phase
-        self._arrived: dict[int, tuple[Message, float]] = {}
+        self._in_flight: dict[str, tuple[int, float, str]] = {}  # message id -> node, sent, type
+        self._arrived: dict[int, tuple[Message, float, str]] = {}
 
     def send(self, node_id: int, message_type: str, packet: Packet, phase: str = "train") -> None:
         """Push one message to ``node_id``; its reply is collected with ``receive``."""
@@ -60,7 +60,7 @@ class Exchange:
                 f"SuperLink refused a {message_type} message to node {node_id} "
                 "(for example a payload over its size limit); lower chunk-mb"
             )
-        self._in_flight[ids[0]] = (node_id, time.perf_counter(), phase)
+        self._in_flight[ids[0]] = (node_id, time.perf_counter(), message_type)
 
     def receive(self, node_id: int, specs: Sequence[TensorSpec], same_batch: bool = True) -> Reply:
         """Wait for ``node_id``'s reply and validate it against ``specs`` (if it has tensors)."""
@@ -73,10 +73,12 @@ class Exchange:
                 return Reply(node_id, None, None, f"no reply within {self.timeout_s:.0f} s", self.timeout_s)
             if not self._pull():
                 time.sleep(self.poll_s)
-        message, round_trip = self._arrived.pop(node_id)
+        message, round_trip, sent_type = self._arrived.pop(node_id)
         if message.has_error():
             return Reply(node_id, message, None, f"client error: {message.error.reason}", round_trip)
-        phase = "eval" if message.metadata.message_type == "evaluate" else "train"
+        if message.metadata.message_type != sent_type:
+            return Reply(node_id, message, None, f"bad payload: reply of type '{message.metadata.message_type}' to a '{sent_type}' message", round_trip)
+        phase = "eval" if sent_type == "evaluate" else "train"
         self.ledger.count(self.client_index[node_id], "up", message.content, phase)
         try:
             packet = decode(message.content, specs if message.content.array_records else [], same_batch)
@@ -99,6 +101,6 @@ class Exchange:
         for reply in replies:
             entry = self._in_flight.pop(reply.metadata.reply_to_message_id, None)
             if entry is not None:
-                node_id, sent_at, _ = entry
-                self._arrived[node_id] = (reply, now - sent_at)
+                node_id, sent_at, sent_type = entry
+                self._arrived[node_id] = (reply, now - sent_at, sent_type)
         return bool(replies)

@@ -52,6 +52,8 @@ class RunConfig(BaseModel):
     eval_samples: int = Field(0, ge=0)
     chunk_mb: float = Field(64.0, gt=0)
     min_clients: int = Field(1, ge=1)
+    message_timeout: float = Field(600.0, gt=0)
+    resume: bool = False
 
     @field_validator("strategy")
     @classmethod
@@ -110,8 +112,8 @@ def parse_run_config(
             message = problem["msg"].removeprefix("Value error, ")
             if problem["type"] == "extra_forbidden":
                 message = f"unknown key; valid keys are {sorted(_valid_keys())}"
-            elif problem["type"] == "literal_error":
-                message = f"{message} (got {problem.get('input')!r})"
+            elif "input" in problem and not isinstance(problem["input"], dict):
+                message = f"{message} (got {problem['input']!r})"
             lines.append(f"  - {key}: {message}")
         raise ConfigError("invalid run config:\n" + "\n".join(lines)) from None
 

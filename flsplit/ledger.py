@@ -67,6 +67,15 @@ class Ledger:
         self._round.clear()
         return summary
 
+    def state(self) -> dict:
+        """Run totals and message count, for a checkpoint."""
+        return {"totals": dict(self.totals), "messages": self.messages}
+
+    def restore(self, state: dict) -> None:
+        """Continue from ``state()`` of a checkpointed run."""
+        self.totals = defaultdict(int, state["totals"])
+        self.messages = state["messages"]
+
     def per_client_round(self) -> dict[int, dict[str, int]]:
         """Training bytes of the open round by client and direction (for per-client reports)."""
         out: dict[int, dict[str, int]] = defaultdict(lambda: {"up": 0, "down": 0})

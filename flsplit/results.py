@@ -24,6 +24,17 @@ class ResultsWriter:
             json.dump(config, handle, indent=2, sort_keys=True)
         os.replace(tmp, self.dir / "config.json")
 
+    def read_config(self) -> dict[str, Any]:
+        """The ``config.json`` written by an earlier run of the same name."""
+        return json.loads((self.dir / "config.json").read_text(encoding="utf-8"))
+
+    def rewrite(self, history: list[dict[str, Any]]) -> None:
+        """Replace ``metrics.jsonl`` atomically with ``history`` (used when resuming)."""
+        fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(m, sort_keys=True) + "\n" for m in history)
+        os.replace(tmp, self.metrics_path)
+
     def append(self, metrics: dict[str, Any]) -> None:
         """Append one round's metrics as a JSON line and flush it to disk."""
         with open(self.metrics_path, "a", encoding="utf-8") as handle:

@@ -1,0 +1,188 @@
+"""The phases of a round, as messages: hello, training exchange, aggregation, evaluation.
+
+Clients are always served in partition order, one upload at a time per client, whatever order
+their replies arrive in, so a run's results depend on its seed and not on timing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from logging import ERROR, WARNING
+
+import torch
+import torch.nn.functional as F
+from flwr.common.logger import log
+from flwr.serverapp.strategy import FedAvg
+from torch import nn
+
+from flsplit.config import RunConfig
+from flsplit.split import activation_shape
+from flsplit.wire import Packet, PayloadError, as_float32_weights, weight_specs
+from strategies import ServerHalf
+from strategies.base import batch_sizes
+from apps.exchange import Exchange
+
+
+@dataclass
+class Client:
+    """A connected node, in the fixed order the server serves clients."""
+
+    node_id: int
+    index: int
+    partition_id: int
+    num_examples: int
+
+
+@dataclass
+class RoundStats:
+    """What one round measured, summed over clients, and who failed in it and why."""
+
+    client_fwd_s: float = 0.0
+    client_bwd_s: float = 0.0
+    comm_s: float = 0.0
+    round_trip_s: float = 0.0
+    messages: int = 0
+    aux_loss_sum: float = 0.0
+    samples: int = 0
+    failures: dict[int, str] = field(default_factory=dict)  # partition id -> reason
+
+    def fail(self, client: Client, reason: str, phase: str) -> None:
+        """Record a client's failure in this round and log it with the client's name."""
+        log(ERROR, "client %d (node %d) failed in %s: %s", client.partition_id, client.node_id, phase, reason)
+        self.failures.setdefault(client.partition_id, f"{phase}: {reason}")
+
+
+def hello(exchange: Exchange, node_ids: list[int], info: dict) -> list[Client]:
+    """Greet every node (passing ``info``, e.g. a checkpoint to restore); order by partition."""
+    for node_id in node_ids:
+        exchange.send(node_id, "query.hello", Packet(info=dict(info)))
+    found = []
+    for node_id in node_ids:
+        reply = exchange.receive(node_id, [])
+        if reply.packet is None:
+            raise RuntimeError(f"node {node_id} failed at start-up: {reply.error}")
+        found.append((int(reply.packet.info["partition_id"]), node_id, int(reply.packet.info["num_examples"])))
+    found.sort()
+    partitions = [pid for pid, _, _ in found]
+    if len(set(partitions)) != len(partitions):
+        raise RuntimeError(f"node-config: two nodes share a partition-id ({partitions}); give each its own")
+    clients = [Client(node_id, i, pid, n) for i, (pid, node_id, n) in enumerate(found)]
+    exchange.client_index = {c.node_id: c.index for c in clients}
+    return clients
+
+
+def train_round(exchange: Exchange, server: ServerHalf, clients: list[Client], config: RunConfig, round_number: int) -> RoundStats:
+    """Serve every client's uploads round-robin until all are done (or dropped)."""
+    stats = RoundStats()
+    specs = server.upload_specs(activation_shape(config))
+    pipelined = not server.replies_to_uploads
+    active = list(clients)
+
+    def request(packet: Packet | None = None) -> Packet:
+        packet = packet or server.request()
+        packet.info["round"] = round_number
+        return packet
+
+    for client in active:
+        exchange.send(client.node_id, "train.step", request())
+    while active:
+        for client in list(active):
+            reply = exchange.receive(client.node_id, specs)
+            upload = reply.packet
+            try:
+                if upload is None:
+                    raise PayloadError(reply.error or "no reply")
+                if upload.tensors:
+                    batch_sizes(upload, len(upload.tensors["labels"]["y"]), config.batch_size)
+            except PayloadError as err:
+                stats.fail(client, str(err), "training")
+                exchange.abandon(client.node_id)
+                active.remove(client)
+                continue
+            done = bool(upload.info.get("done"))
+            stats.client_fwd_s += float(upload.info.get("fwd_s", 0.0))
+            stats.client_bwd_s += float(upload.info.get("bwd_s", 0.0))
+            stats.comm_s += max(0.0, reply.round_trip_s - float(upload.info.get("handler_s", 0.0)))
+            stats.round_trip_s += reply.round_trip_s
+            stats.messages += 1
+            stats.aux_loss_sum += float(upload.info.get("aux_loss_sum", 0.0))
+            stats.samples += len(upload.tensors["labels"]["y"]) if upload.tensors else 0
+            if pipelined and not done:
+                exchange.send(client.node_id, "train.step", request())
+            reply_packet = server.on_upload(client.index, upload) if upload.tensors else None
+            if not pipelined and not done:
+                exchange.send(client.node_id, "train.step", request(reply_packet))
+            if done:
+                active.remove(client)
+    return stats
+
+
+def aggregate(exchange: Exchange, clients: list[Client], modules: dict[str, nn.Module], round_number: int, stats: RoundStats) -> dict[str, torch.Tensor] | None:
+    """FedAvg of the client slices (and heads) with Flower's own strategy."""
+    live = [c for c in clients if c.partition_id not in stats.failures]
+    for client in live:
+        exchange.send(client.node_id, "train.sync", Packet(info={"round": round_number}))
+    replies = []
+    specs = weight_specs(modules)
+    for client in live:
+        reply = exchange.receive(client.node_id, specs, same_batch=False)
+        if reply.packet is None:
+            stats.fail(client, reply.error or "no reply", "aggregation")
+            continue
+        replies.append(reply.message)
+    if not replies:
+        log(WARNING, "round %d: no client slice to aggregate", round_number)
+        return None
+    arrays, _ = FedAvg().aggregate_train(round_number, replies)
+    if arrays is None:
+        return None
+    return {k: torch.from_numpy(v.numpy().copy()) for k, v in as_float32_weights(arrays).items()}
+
+
+def evaluate(exchange: Exchange, server: ServerHalf, clients: list[Client], config: RunConfig, weights: dict[str, torch.Tensor] | None, stats: RoundStats, checkpoint: dict) -> dict[str, float | None]:
+    """Each client's slice embeds the test split; the top slice scores it.
+
+    Every reachable client gets one evaluate message per round, which carries the aggregated
+    weights (if any) and tells it where to checkpoint its slice. With aggregated slices every
+    client holds the same weights, so only the first one runs the test split.
+    """
+    specs = server.upload_specs(activation_shape(config))
+    reachable = [c for c in clients if c.partition_id not in stats.failures]
+    evaluators = reachable[:1] if weights is not None else reachable
+    for client in reachable:
+        packet = Packet({"weights": weights} if weights is not None else {}, {"offset": 0, "evaluate": client in evaluators, **checkpoint})
+        exchange.send(client.node_id, "evaluate", packet, phase="eval")
+    results = []
+    server.top.eval()
+    for client in reachable:
+        correct = samples = aux_correct = 0
+        loss_sum = 0.0
+        while True:
+            reply = exchange.receive(client.node_id, specs)
+            if reply.packet is None:
+                stats.fail(client, reply.error or "no reply", "evaluation")
+                break
+            info = reply.packet.info
+            if client not in evaluators:
+                break
+            if not info["done"]:
+                exchange.send(client.node_id, "evaluate", Packet(info={"offset": int(info["next_offset"]), "evaluate": True}), phase="eval")
+            z = reply.packet.tensors["activations"]["z"]
+            y = reply.packet.tensors["labels"]["y"]
+            with torch.no_grad():
+                logits = server.top(z)
+                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+                correct += int((logits.argmax(1) == y).sum())
+            samples += len(y)
+            aux_correct += int(info.get("aux_correct", 0))
+            if info["done"]:
+                results.append((correct / samples, loss_sum / samples, aux_correct / samples))
+                break
+    server.top.train()
+    if not results:
+        return {"test_accuracy": float("nan"), "test_loss": float("nan"), "aux_accuracy": None}
+    return {
+        "test_accuracy": sum(r[0] for r in results) / len(results),
+        "test_loss": sum(r[1] for r in results) / len(results),
+        "aux_accuracy": sum(r[2] for r in results) / len(results),
+    }

@@ -1,0 +1,178 @@
+"""Bad payloads are rejected per message, on both sides, and never touch a model."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+
+from apps import client_app, rounds
+from apps.client_app import train_step
+from apps.exchange import Exchange
+from flsplit.config import parse_run_config
+from flsplit.ledger import Ledger
+from flsplit.split import build_halves, sgd
+from flsplit.wire import Packet, PayloadError, encode
+from strategies import get_strategy
+from tests.in_process_grid import InProcessGrid
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages are stamped with the running task's identity, which a Flower runtime sets."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+RAW = {"dataset": "synthetic", "model": "resnet20", "cut": 2, "batch-size": 16, "max-batches": 3, "strategy": "dsl"}
+CONFIG = parse_run_config(RAW)
+Z_SHAPE = (16, 32, 32)
+
+
+def _good(n: int = 16) -> RecordDict:
+    return encode(Packet({"activations": {"z": torch.randn(n, *Z_SHAPE)}, "labels": {"y": torch.arange(n) % 10}}, {"done": True, "batch_sizes": [n]}))
+
+
+def _replace(record: str, key: str, array: Array) -> RecordDict:
+    content = _good()
+    content[record][key] = array
+    return content
+
+
+def _truncated() -> RecordDict:
+    good = Array(np.zeros((16, *Z_SHAPE), np.float32))
+    return _replace("activations", "z", Array(good.dtype, good.shape, good.stype, good.data[:-999]))
+
+
+def _without(record: str) -> RecordDict:
+    content = _good()
+    del content[record]
+    return content
+
+
+BAD: dict[str, Callable[[], RecordDict]] = {
+    "missing key": lambda: _without("labels"),
+    "wrong dtype": lambda: _replace("activations", "z", Array(np.zeros((16, *Z_SHAPE), np.float16))),
+    "wrong shape for the cut": lambda: _replace("activations", "z", Array(np.zeros((16, 32, 16, 16), np.float32))),
+    "NaN": lambda: _replace("activations", "z", Array(np.full((16, *Z_SHAPE), np.nan, np.float32))),
+    "Inf": lambda: _replace("activations", "z", Array(np.full((16, *Z_SHAPE), -np.inf, np.float32))),
+    "label out of range": lambda: _replace("labels", "y", Array(np.full(16, 10))),
+    "batch-size mismatch": lambda: _replace("labels", "y", Array(np.zeros(15, np.int64))),
+    "batch sizes disagree with samples": lambda: encode(Packet({"activations": {"z": torch.zeros(16, *Z_SHAPE)}, "labels": {"y": torch.zeros(16, dtype=torch.int64)}}, {"done": True, "batch_sizes": [8, 4]})),
+    "truncated bytes": _truncated,
+}
+EXPECTED = {
+    "missing key": "missing the 'labels' record",
+    "wrong dtype": "dtype float16",
+    "wrong shape for the cut": "shape",
+    "NaN": "NaN or Inf",
+    "Inf": "NaN or Inf",
+    "label out of range": "label values",
+    "batch-size mismatch": "batch-size mismatch",
+    "batch sizes disagree with samples": "batch_sizes",
+    "truncated bytes": "cannot decode|bytes hold",
+    "unknown message type": "reply of type 'query.bogus'",
+}
+
+
+def _adversary(kind: str) -> Callable[[Message, Context], Message]:
+    def handler(message: Message, _: Context) -> Message:
+        if message.metadata.message_type == "query.hello":
+            return Message(encode(Packet(info={"partition_id": 1, "num_examples": 48})), reply_to=message)
+        if kind == "unknown message type":
+            reply = Message(_good(), reply_to=message)
+            reply.metadata.__dict__["_message_type"] = "query.bogus"
+            return reply
+        return Message(BAD[kind](), reply_to=message)
+
+    return handler
+
+
+def _honest(message: Message, context: Context) -> Message:
+    handler = {"query.hello": client_app.hello, "train.step": train_step}[message.metadata.message_type]
+    return handler(message, context)
+
+
+def _server():  # noqa: ANN202
+    _, top, _ = build_halves(CONFIG)
+    return get_strategy("dsl").server(top, sgd(list(top.parameters()), CONFIG), CONFIG)
+
+
+@pytest.mark.parametrize("kind", list(EXPECTED))
+def test_bad_upload_is_rejected_and_leaves_the_top_slice_unchanged(kind: str) -> None:
+    # Prepare: one adversarial client only
+    grid = InProcessGrid({101: _adversary(kind)}, RAW)
+    exchange = Exchange(grid, Ledger(), {101: 0})
+    clients = rounds.hello(exchange, [101], {})
+    server = _server()
+    before = [p.detach().clone() for p in server.top.parameters()]
+    # Execute
+    stats = rounds.train_round(exchange, server, clients, CONFIG, round_number=1)
+    # Assert
+    assert list(stats.failures) == [1]
+    assert re.search(EXPECTED[kind], stats.failures[1])
+    assert all(torch.equal(b, p) for b, p in zip(before, server.top.parameters()))
+
+
+def test_server_keeps_training_the_other_clients_when_one_sends_garbage() -> None:
+    # Prepare: an honest client (partition 0, real handlers) and an adversary (partition 1)
+    grid = InProcessGrid({100: _honest, 101: _adversary("NaN")}, RAW)
+    exchange = Exchange(grid, Ledger(), {100: 0, 101: 1})
+    clients = rounds.hello(exchange, [100, 101], {})
+    server = _server()
+    before = [p.detach().clone() for p in server.top.parameters()]
+    # Execute
+    stats = rounds.train_round(exchange, server, clients, CONFIG, round_number=1)
+    # Assert
+    assert list(stats.failures) == [1] and "NaN" in stats.failures[1]
+    assert stats.samples == 48  # all three batches of the honest client were served
+    assert any(not torch.equal(b, p) for b, p in zip(before, server.top.parameters()))
+
+
+def _client_context(raw: dict) -> Context:
+    return Context(run_id=9, node_id=3, node_config={"partition-id": 0, "num-partitions": 1}, state=RecordDict(), run_config=raw)
+
+
+@pytest.mark.parametrize(
+    ("gradient", "problem"),
+    [
+        (np.zeros((16, 32, 16, 16), np.float32), "shape"),
+        (np.full((16, *Z_SHAPE), np.nan, np.float32), "NaN"),
+        (np.zeros((16, *Z_SHAPE), np.float64), "dtype"),
+    ],
+)
+def test_client_rejects_a_bad_gradient_and_keeps_its_state(gradient: np.ndarray, problem: str) -> None:
+    # Prepare: a CSL client that has sent one batch and waits for its gradient
+    raw = RAW | {"strategy": "csl"}
+    context = _client_context(raw)
+    first = Message(encode(Packet(info={"round": 1})), dst_node_id=3, message_type="train.step")
+    first.metadata.__dict__["_message_id"] = "m1"
+    train_step(first, context)
+    saved = {k: v.numpy().copy() for k, v in context.state["flsplit.weights"].items()}
+    content = encode(Packet(info={"round": 1}))
+    content["gradients"] = ArrayRecord({"dz": Array(gradient)})
+    bad = Message(content, dst_node_id=3, message_type="train.step")
+    bad.metadata.__dict__["_message_id"] = "m2"
+    # Execute / Assert
+    with pytest.raises(PayloadError, match=problem):
+        train_step(bad, context)
+    after = {k: v.numpy() for k, v in context.state["flsplit.weights"].items()}
+    assert all(np.array_equal(saved[k], after[k]) for k in saved)
+
+
+def test_client_rejects_aggregated_weights_of_the_wrong_shape() -> None:
+    # Prepare
+    context = _client_context(RAW)
+    bottom, _, aux = build_halves(CONFIG)
+    weights = {f"bottom.{k}": v for k, v in bottom.state_dict().items() if "num_batches" not in k}
+    weights |= {f"aux.{k}": v for k, v in aux.state_dict().items()}
+    weights["bottom.0.0.weight"] = torch.zeros(3, 3, 3, 3)
+    message = Message(encode(Packet({"weights": weights}, {"offset": 0, "evaluate": False})), dst_node_id=3, message_type="evaluate")
+    # Execute / Assert
+    with pytest.raises(PayloadError, match="bottom.0.0.weight.*shape"):
+        client_app.evaluate(message, context)
