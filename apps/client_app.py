@@ -7,7 +7,7 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
-from flwr.app import Context, Message, MetricRecord
+from flwr.app import ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
 from flsplit.config import RunConfig, parse_run_config
@@ -16,6 +16,7 @@ from flsplit.split import activation_shape
 from flsplit.wire import Packet, decode, encode, load_weights, weight_specs, weights_of
 from strategies import ClientSlice, get_strategy, strategy_names
 from apps.client_state import (
+    RUN,
     client_dataset,
     client_loader,
     load_slice,
@@ -51,8 +52,10 @@ def hello(msg: Message, context: Context) -> Message:
     config = run_config(context)
     partition_id, num_partitions = partition_of(context)
     request = decode(msg.content, [])
-    if "restore" in request.info:
-        restore_checkpoint(context, config, get_strategy(config.strategy).uses_aux_head, str(request.info["restore"]))
+    if "clients_dir" in request.info:
+        context.state[RUN] = ConfigRecord({"clients_dir": str(request.info["clients_dir"])})
+    if "restore_round" in request.info:
+        restore_checkpoint(context, config, get_strategy(config.strategy).uses_aux_head, int(request.info["restore_round"]))
     loader = client_loader(context, config)
     info = {
         "partition_id": partition_id,
@@ -109,8 +112,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     if "weights" in request.tensors:
         load_weights(client.modules(), request.tensors["weights"])
         save_slice(context, client)
-    if "checkpoint" in request.info:
-        write_checkpoint(client, str(request.info["checkpoint"]))
+    if "checkpoint_round" in request.info:
+        write_checkpoint(context, client, int(request.info["checkpoint_round"]))
     if not request.info.get("evaluate", True):
         return Message(encode(Packet(info={"done": True})), reply_to=msg)
     return Message(encode(_evaluate_chunk(context, config, client, int(request.info["offset"]))), reply_to=msg)  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from flsplit.wire import load_weights, weights_of
 from strategies import ClientSlice
 
 WEIGHTS, MOMENTUM, COUNTERS = "flsplit.weights", "flsplit.momentum", "flsplit.counters"
+RUN = "flsplit.run"  # where this run keeps client checkpoints
 _LIVE: dict[tuple[int, int], tuple[str, ClientSlice]] = {}
 
 
@@ -108,24 +109,32 @@ def save_slice(context: Context, client: ClientSlice) -> None:
     _LIVE[(context.run_id, context.node_id)] = (version, client)
 
 
-def write_checkpoint(client: ClientSlice, directory: str) -> None:
-    """Save the slice to ``<directory>/partition-<id>.pt`` (atomically), for ``resume``."""
-    checkpoint.save_atomic(_snapshot(client), Path(directory) / f"partition-{client.loader.partition_id}.pt")
-
-
-def restore_checkpoint(context: Context, config: RunConfig, with_aux: bool, directory: str) -> None:
-    """Load the newest checkpoint of this partition at or before ``directory``'s round."""
-    path = Path(directory)
-    prefix, _, last = path.name.rpartition("-")
+def _checkpoint_path(context: Context, round_number: int) -> Path:
     partition_id, _ = partition_of(context)
-    for round_number in range(int(last), 0, -1):
-        candidate = path.parent / f"{prefix}-{round_number}" / f"partition-{partition_id}.pt"
+    clients_dir = Path(str(context.state[RUN]["clients_dir"]))
+    return clients_dir / f"round-{round_number}" / f"partition-{partition_id}.pt"
+
+
+def write_checkpoint(context: Context, client: ClientSlice, round_number: int) -> None:
+    """Save the slice as this partition's checkpoint of ``round_number`` (atomically)."""
+    checkpoint.save_atomic(_snapshot(client), _checkpoint_path(context, round_number))
+    stale = _checkpoint_path(context, round_number - 2)
+    stale.unlink(missing_ok=True)
+
+
+def restore_checkpoint(context: Context, config: RunConfig, with_aux: bool, round_number: int) -> None:
+    """Load this partition's newest checkpoint from ``round_number`` or the round before.
+
+    A client that failed in the last round has no checkpoint of it and continues from the
+    one before (its slice is then one round older than in an uninterrupted run).
+    """
+    for candidate in (_checkpoint_path(context, round_number), _checkpoint_path(context, round_number - 1)):
         if candidate.exists():
             client = load_slice(context, config, with_aux, fresh=True)
             _apply_snapshot(client, checkpoint.load(candidate))
             save_slice(context, client)
             return
-    raise FileNotFoundError(f"resume: no checkpoint of partition {partition_id} under {path.parent}")
+    raise FileNotFoundError(f"resume: no checkpoint at {candidate} or the round before")
 
 
 def _params(client: ClientSlice) -> list[torch.nn.Parameter]:

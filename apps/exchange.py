@@ -70,7 +70,7 @@ class Exchange:
                 raise RuntimeError(f"no message in flight for node {node_id}")
             if time.perf_counter() > deadline:
                 self.abandon(node_id)
-                return Reply(node_id, None, None, f"no reply within {self.timeout_s:.0f} s", self.timeout_s)
+                return Reply(node_id, None, None, f"no reply within {self.timeout_s:g} s (message-timeout)", self.timeout_s)
             if not self._pull():
                 time.sleep(self.poll_s)
         message, round_trip, sent_type = self._arrived.pop(node_id)
@@ -78,7 +78,7 @@ class Exchange:
             return Reply(node_id, message, None, f"client error: {message.error.reason}", round_trip)
         if message.metadata.message_type != sent_type:
             return Reply(node_id, message, None, f"bad payload: reply of type '{message.metadata.message_type}' to a '{sent_type}' message", round_trip)
-        phase = "eval" if sent_type == "evaluate" else "train"
+        phase = {"evaluate": "eval", "query.hello": "setup"}.get(sent_type, "train")
         self.ledger.count(self.client_index[node_id], "up", message.content, phase)
         try:
             packet = decode(message.content, specs if message.content.array_records else [], same_batch)

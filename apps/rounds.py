@@ -55,7 +55,7 @@ class RoundStats:
 def hello(exchange: Exchange, node_ids: list[int], info: dict) -> list[Client]:
     """Greet every node (passing ``info``, e.g. a checkpoint to restore); order by partition."""
     for node_id in node_ids:
-        exchange.send(node_id, "query.hello", Packet(info=dict(info)))
+        exchange.send(node_id, "query.hello", Packet(info=dict(info)), phase="setup")
     found = []
     for node_id in node_ids:
         reply = exchange.receive(node_id, [])

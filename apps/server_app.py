@@ -47,8 +47,8 @@ def main(grid: Grid, context: Context) -> None:
     node_ids = _wait_for_nodes(grid, config)
     exchange = Exchange(grid, ledger, {n: i for i, n in enumerate(node_ids)}, timeout_s=config.message_timeout)
     clients_dir = writer.dir / "clients"
-    restore_info = {"restore": str(clients_dir / f"round-{first_round - 1}")} if restored else {}
-    clients = rounds.hello(exchange, node_ids, restore_info)
+    setup = {"clients_dir": str(clients_dir)} | ({"restore_round": first_round - 1} if restored else {})
+    clients = rounds.hello(exchange, node_ids, setup)
     if not restored:
         writer.write_config(
             config.as_run_config()
@@ -63,7 +63,7 @@ def main(grid: Grid, context: Context) -> None:
         weights = rounds.aggregate(exchange, clients, slice_modules, round_number, stats) if config.aggregate_clients else None
         eval_started = time.perf_counter()
         evaluation = rounds.evaluate(
-            exchange, server, clients, config, weights, stats, {"checkpoint": str(clients_dir / f"round-{round_number}")}
+            exchange, server, clients, config, weights, stats, {"checkpoint_round": round_number}
         )
         metrics = {
             "round": round_number,

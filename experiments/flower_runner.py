@@ -76,9 +76,10 @@ class SimulationSuperLink:
         self.stop()
         raise RuntimeError("superlink did not start listening in time")
 
-    def run(self, run_config: str, num_supernodes: int = 2, timeout_s: float = 600.0, capture: bool = True) -> subprocess.CompletedProcess[str]:
-        """``flwr run`` the project with ``--stream``; returns when the run has ended."""
-        return subprocess.run(
+    def launch(self, run_config: str, num_supernodes: int = 2, capture: bool = True) -> subprocess.Popen[str]:
+        """Start ``flwr run --stream`` on the project and return without waiting."""
+        output = subprocess.PIPE if capture else None
+        return subprocess.Popen(
             [
                 str(BIN / "flwr"), "run", str(PROJECT), "test", "--stream",
                 "--run-config", run_config,
@@ -86,11 +87,20 @@ class SimulationSuperLink:
             ],
             env=self.env,
             cwd=self.home,
-            capture_output=capture,
+            stdout=output,
+            stderr=output,
             text=True,
-            timeout=timeout_s,
-            check=False,
         )
+
+    def run(self, run_config: str, num_supernodes: int = 2, timeout_s: float = 600.0, capture: bool = True) -> subprocess.CompletedProcess[str]:
+        """``flwr run`` the project and return when the run has ended."""
+        process = self.launch(run_config, num_supernodes, capture)
+        try:
+            stdout, stderr = process.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout or "", stderr or "")
 
     def __enter__(self) -> "SimulationSuperLink":
         return self
@@ -98,17 +108,48 @@ class SimulationSuperLink:
     def __exit__(self, *_: object) -> None:
         self.stop()
 
+    def kill(self) -> None:
+        """SIGKILL the SuperLink and every process it started, at once, as a crash would."""
+        tree = _descendants(self.process.pid)
+        _signal_all([self.process.pid, *tree], signal.SIGKILL)
+        self.process.wait()
+        self.log.close()
+
     def stop(self) -> None:
-        """Kill the SuperLink's whole process group (SuperExec, ServerApp, Ray) by PID."""
+        """Stop the SuperLink and every process it started (SuperExec, ServerApp, Ray) by PID."""
+        tree = _descendants(self.process.pid)
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.terminate()
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+                pass
+        _signal_all([self.process.pid, *tree, *_descendants(self.process.pid)], signal.SIGKILL)
+        self.process.wait()
+        self.log.close()
+
+
+def _descendants(root: int) -> list[int]:
+    """PIDs of all processes below ``root``, found through ``/proc`` (Ray detaches its own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        for child in children.get(pid, []):
+            found.append(child)
+            frontier.append(child)
+    return found
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
         except ProcessLookupError:
             pass
-        self.log.close()

@@ -35,7 +35,9 @@ class InProcessGrid:
         for message in messages:
             message.metadata.__dict__["_message_id"] = uuid.uuid4().hex
             node_id = message.metadata.dst_node_id
-            self._replies[message.metadata.message_id] = self.handlers[node_id](message, self.contexts[node_id])
+            reply = self.handlers[node_id](message, self.contexts[node_id])
+            if reply is not None:  # a handler returning None plays a client that never answers
+                self._replies[message.metadata.message_id] = reply
             ids.append(message.metadata.message_id)
         return ids
 

@@ -176,3 +176,18 @@ def test_client_rejects_aggregated_weights_of_the_wrong_shape() -> None:
     # Execute / Assert
     with pytest.raises(PayloadError, match="bottom.0.0.weight.*shape"):
         client_app.evaluate(message, context)
+
+
+def test_a_client_that_never_answers_times_out_and_the_round_goes_on() -> None:
+    # Prepare: partition 1 greets, then goes silent
+    def silent(message: Message, context: Context) -> Message | None:
+        return _adversary("NaN")(message, context) if message.metadata.message_type == "query.hello" else None
+
+    grid = InProcessGrid({100: _honest, 101: silent}, RAW)
+    exchange = Exchange(grid, Ledger(), {100: 0, 101: 1}, timeout_s=0.3)
+    clients = rounds.hello(exchange, [100, 101], {})
+    # Execute
+    stats = rounds.train_round(exchange, _server(), clients, CONFIG, round_number=1)
+    # Assert
+    assert list(stats.failures) == [1] and "no reply within 0.3 s" in stats.failures[1]
+    assert stats.samples == 48
