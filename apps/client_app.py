@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import time
 from functools import lru_cache
 
@@ -75,7 +76,7 @@ def train_step(msg: Message, context: Context) -> Message:
     half = strategy.client(config)
     client = load_slice(context, config, strategy.uses_aux_head)
     specs = half.download_specs(activation_shape(config)) if msg.content.array_records else []
-    request = decode(msg.content, specs)
+    request = decode(msg.content, specs, wire_dtype=config.wire_dtype)
     round_number = int(request.info["round"])  # type: ignore[arg-type]
     if round_number != client.counters["round"]:
         client.counters["round"] = round_number
@@ -87,8 +88,9 @@ def train_step(msg: Message, context: Context) -> Message:
         "fwd_s": timings.get("fwd", 0.0),
         "bwd_s": timings.get("bwd", 0.0),
         "handler_s": time.perf_counter() - started,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    return Message(encode(upload), reply_to=msg)
+    return Message(encode(upload, config.wire_dtype), reply_to=msg)
 
 
 @app.train("sync")
@@ -116,7 +118,8 @@ def evaluate(msg: Message, context: Context) -> Message:
         write_checkpoint(context, client, int(request.info["checkpoint_round"]))
     if not request.info.get("evaluate", True):
         return Message(encode(Packet(info={"done": True})), reply_to=msg)
-    return Message(encode(_evaluate_chunk(context, config, client, int(request.info["offset"]))), reply_to=msg)  # type: ignore[arg-type]
+    chunk = _evaluate_chunk(context, config, client, int(request.info["offset"]))  # type: ignore[arg-type]
+    return Message(encode(chunk, config.wire_dtype), reply_to=msg)
 
 
 def _evaluate_chunk(context: Context, config: RunConfig, client: ClientSlice, offset: int) -> Packet:

@@ -9,6 +9,7 @@ which the server consumes them, and that order does not depend on arrival times.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,25 @@ class Reply:
     round_trip_s: float
 
 
+class _TooLargeWatch(logging.Filter):
+    """Notices Flower's log line for an HTTP 413 on pull, which it otherwise reports as 'no reply'."""
+
+    MARKER = "[Grid.pull_messages] HTTP payload too large"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.MARKER in record.getMessage():
+            self.seen = True
+        return True
+
+
+_TOO_LARGE = _TooLargeWatch()
+logging.getLogger("flwr").addFilter(_TOO_LARGE)
+
+
 class Exchange:
     """Keeps at most one message in flight per node and returns its reply on request."""
 
@@ -41,31 +61,41 @@ class Exchange:
         client_index: dict[int, int],
         poll_s: float = 0.002,
         timeout_s: float = 600.0,
+        wire_dtype: str = "fp32",
     ) -> None:
         self.grid, self.ledger, self.client_index = grid, ledger, client_index
-        self.poll_s, self.timeout_s = poll_s, timeout_s
+        self.poll_s, self.timeout_s, self.wire_dtype = poll_s, timeout_s, wire_dtype
         self._in_flight: dict[str, tuple[int, float, str]] = {}  # message id -> node, sent, type
         self._arrived: dict[int, tuple[Message, float, str]] = {}
+        self._refused: dict[int, str] = {}  # node -> why the SuperLink did not take its message
+        self._too_large = _TOO_LARGE
 
     def send(self, node_id: int, message_type: str, packet: Packet, phase: str = "train") -> None:
         """Push one message to ``node_id``; its reply is collected with ``receive``."""
-        if any(node == node_id for node, _, _ in self._in_flight.values()):
+        if any(node == node_id for node, _, _ in self._in_flight.values()) or node_id in self._refused:
             raise RuntimeError(f"node {node_id} already has a message in flight")
-        content = encode(packet)
+        content = encode(packet, self.wire_dtype)
         self.ledger.count(self.client_index[node_id], "down", content, phase)
         message = Message(content, dst_node_id=node_id, message_type=message_type)
-        ids = list(self.grid.push_messages([message]))
+        try:
+            ids = list(self.grid.push_messages([message]))
+        except Exception as err:  # noqa: BLE001 - e.g. the node went offline; reported on receive
+            ids = []
+            self._refused[node_id] = f"SuperLink refused the {message_type} message: {err}"
         if not ids or not ids[0]:
-            raise RuntimeError(
-                f"SuperLink refused a {message_type} message to node {node_id} "
-                "(for example a payload over its size limit); lower chunk-mb"
+            self._refused.setdefault(
+                node_id,
+                f"SuperLink refused the {message_type} message (payload over its size limit, or node offline)",
             )
+            return
         self._in_flight[ids[0]] = (node_id, time.perf_counter(), message_type)
 
     def receive(self, node_id: int, specs: Sequence[TensorSpec], same_batch: bool = True) -> Reply:
         """Wait for ``node_id``'s reply and validate it against ``specs`` (if it has tensors)."""
         deadline = time.perf_counter() + self.timeout_s
         while node_id not in self._arrived:
+            if node_id in self._refused:
+                return Reply(node_id, None, None, self._refused.pop(node_id), 0.0)
             if not any(node == node_id for node, _, _ in self._in_flight.values()):
                 raise RuntimeError(f"no message in flight for node {node_id}")
             if time.perf_counter() > deadline:
@@ -81,7 +111,7 @@ class Exchange:
         phase = {"evaluate": "eval", "query.hello": "setup"}.get(sent_type, "train")
         self.ledger.count(self.client_index[node_id], "up", message.content, phase)
         try:
-            packet = decode(message.content, specs if message.content.array_records else [], same_batch)
+            packet = decode(message.content, specs if message.content.array_records else [], same_batch, self.wire_dtype)
         except PayloadError as err:
             return Reply(node_id, message, None, f"bad payload: {err}", round_trip)
         return Reply(node_id, message, packet, None, round_trip)
@@ -92,11 +122,15 @@ class Exchange:
             if node == node_id:
                 del self._in_flight[message_id]
         self._arrived.pop(node_id, None)
+        self._refused.pop(node_id, None)
 
     def _pull(self) -> bool:
         if not self._in_flight:
             return False
+        self._too_large.seen = False
         replies = list(self.grid.pull_messages(list(self._in_flight)))
+        if self._too_large.seen:
+            replies = self._pull_one_by_one()
         now = time.perf_counter()
         for reply in replies:
             entry = self._in_flight.pop(reply.metadata.reply_to_message_id, None)
@@ -104,3 +138,14 @@ class Exchange:
                 node_id, sent_at, sent_type = entry
                 self._arrived[node_id] = (reply, now - sent_at, sent_type)
         return bool(replies)
+
+    def _pull_one_by_one(self) -> list[Message]:
+        """After an HTTP 413, pull each reply alone; one still too large is reported, not lost."""
+        replies = []
+        for message_id, (node_id, _, sent_type) in list(self._in_flight.items()):
+            self._too_large.seen = False
+            replies += list(self.grid.pull_messages([message_id]))
+            if self._too_large.seen:
+                del self._in_flight[message_id]
+                self._refused[node_id] = f"the {sent_type} reply is too large for the SuperLink (HTTP 413); lower chunk-mb"
+        return replies

@@ -44,6 +44,7 @@ class RoundStats:
     messages: int = 0
     aux_loss_sum: float = 0.0
     samples: int = 0
+    peak_rss_mb: float = 0.0  # highest resident set of any client process (whole process)
     failures: dict[int, str] = field(default_factory=dict)  # partition id -> reason
 
     def fail(self, client: Client, reason: str, phase: str) -> None:
@@ -107,6 +108,7 @@ def train_round(exchange: Exchange, server: ServerHalf, clients: list[Client], c
             stats.messages += 1
             stats.aux_loss_sum += float(upload.info.get("aux_loss_sum", 0.0))
             stats.samples += len(upload.tensors["labels"]["y"]) if upload.tensors else 0
+            stats.peak_rss_mb = max(stats.peak_rss_mb, float(upload.info.get("peak_rss_mb", 0.0)))
             if pipelined and not done:
                 exchange.send(client.node_id, "train.step", request())
             reply_packet = server.on_upload(client.index, upload) if upload.tensors else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import time
 from datetime import datetime, timezone
 from logging import INFO, WARNING
@@ -45,7 +46,9 @@ def main(grid: Grid, context: Context) -> None:
     history: list[dict[str, Any]] = restored["metrics"] if restored else []
 
     node_ids = _wait_for_nodes(grid, config)
-    exchange = Exchange(grid, ledger, {n: i for i, n in enumerate(node_ids)}, timeout_s=config.message_timeout)
+    exchange = Exchange(
+        grid, ledger, {n: i for i, n in enumerate(node_ids)}, timeout_s=config.message_timeout, wire_dtype=config.wire_dtype
+    )
     clients_dir = writer.dir / "clients"
     setup = {"clients_dir": str(clients_dir)} | ({"restore_round": first_round - 1} if restored else {})
     clients = rounds.hello(exchange, node_ids, setup)
@@ -81,6 +84,8 @@ def main(grid: Grid, context: Context) -> None:
             "round_trip_s": stats.round_trip_s,
             "round_s": train_s,
             "eval_s": time.perf_counter() - eval_started,
+            "client_peak_rss_mb": stats.peak_rss_mb,
+            "server_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "failed_clients": sorted(stats.failures),
             "failures": [{"client": pid, "reason": why} for pid, why in sorted(stats.failures.items())],
         }

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from experiments.flower_runner import SimulationSuperLink
+from experiments.flower_runner import SuperLink
 from flsplit.results import read_metrics
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=1000)
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, SimulationSuperLink(Path(tmp) / "flwr-home") as link:
+    with tempfile.TemporaryDirectory() as tmp, SuperLink(Path(tmp) / "flwr-home") as link:
         for strategy in args.strategies.split(","):
             config = (
                 f"strategy='{strategy}' model='resnet20' dataset='cifar10' data-dir='{Path(args.data_dir).resolve()}' "

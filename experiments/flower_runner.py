@@ -1,7 +1,9 @@
-"""Start a real SuperLink (simulation mode) on free loopback ports and run ``flwr run`` on it.
+"""Start real Flower processes on free loopback ports and run ``flwr run`` against them.
 
-Used by the end-to-end tests and the experiment drivers. Every process is started here with a
-known PID and killed here, process group and all, so nothing outlives the caller.
+``SuperLink(simulation=True)`` is the simulation engine; ``SuperLink(simulation=False)`` plus
+``SuperNode``s is a real deployment on 127.0.0.1, optionally with TLS. Used by the end-to-end
+tests and the experiment drivers. Every process is started here with a known PID and stopped
+here together with everything it spawned, so nothing outlives the caller.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from experiments.certificates import Certificates
+
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -25,72 +29,101 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class SimulationSuperLink:
-    """A ``flower-superlink --simulation`` with its own ``FLWR_HOME`` and ports."""
+def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited early:\n{log.read_text()[-3000:]}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
 
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.http_port = free_port()
+
+class _Process:
+    """A started Flower process whose whole process tree we own."""
+
+    process: subprocess.Popen
+    _log_handle: object
+
+    def _start(self, argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
+        self.log_path = log
+        self._log_handle = open(log, "wb")  # noqa: SIM115 - closed in stop()/kill()
+        self.process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log_handle, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        """SIGKILL the process and every process it started, at once, as a crash would."""
+        _signal_all([self.process.pid, *_descendants(self.process.pid)], signal.SIGKILL)
+        self.process.wait()
+        self._log_handle.close()  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        """Stop the process (SIGTERM, then SIGKILL) and everything it started, by PID."""
+        tree = _descendants(self.process.pid)
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        _signal_all([self.process.pid, *tree, *_descendants(self.process.pid)], signal.SIGKILL)
+        self.process.wait()
+        self._log_handle.close()  # type: ignore[attr-defined]
+
+    def __enter__(self):  # noqa: ANN204
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+class SuperLink(_Process):
+    """``flower-superlink`` with its own ``FLWR_HOME``, ports and (optionally) TLS."""
+
+    def __init__(
+        self,
+        home: Path,
+        simulation: bool = True,
+        certificates: Certificates | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.home, self.simulation, self.certificates = home, simulation, certificates
+        self.http_port = free_port()  # Control, Fleet and Runtime APIs all share it (flwr >= 1.40)
         self.env = os.environ | {
             "FLWR_HOME": str(home),
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
+        } | (env or {})
         home.mkdir(parents=True, exist_ok=True)
+        security = f'root-certificates = "{certificates.ca_cert}"' if certificates else "insecure = true"
         (home / "config.toml").write_text(
-            '[superlink]\ndefault = "test"\n\n[superlink.test]\n'
-            f'address = "127.0.0.1:{self.http_port}"\ninsecure = true\n'
+            f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{self.http_port}"\n{security}\n'
         )
-        self.log = open(home / "superlink.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [
-                str(BIN / "flower-superlink"),
-                "--insecure",
-                "--simulation",
-                "--isolation", "subprocess",
-                "--host", "127.0.0.1",
-                "--port", str(self.http_port),
-                "--control-api-address", f"127.0.0.1:{free_port()}",
-                "--fleet-api-address", f"127.0.0.1:{free_port()}",
-                "--health-server-address", f"127.0.0.1:{free_port()}",
-                "--database", str(home / "state.db"),
-            ],
-            env=self.env,
-            cwd=home,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self._wait_until_listening()
-
-    def _wait_until_listening(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"superlink exited: {(self.home / 'superlink.log').read_text()[-2000:]}")
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.http_port)) == 0:
-                    return
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("superlink did not start listening in time")
+        argv = [
+            str(BIN / "flower-superlink"),
+            "--isolation", "subprocess",
+            "--host", "127.0.0.1",
+            "--port", str(self.http_port),
+            "--health-server-address", f"127.0.0.1:{free_port()}",
+            "--database", str(home / "state.db"),
+        ]
+        argv += ["--simulation"] if simulation else []
+        if certificates:
+            argv += ["--ssl-certfile", str(certificates.server_cert), "--ssl-keyfile", str(certificates.server_key), "--ssl-ca-certfile", str(certificates.ca_cert)]
+        else:
+            argv += ["--insecure"]
+        self._start(argv, self.env, home, home / "superlink.log")
+        _wait_for_port(self.http_port, self.process, self.log_path)
 
     def launch(self, run_config: str, num_supernodes: int = 2, capture: bool = True) -> subprocess.Popen[str]:
         """Start ``flwr run --stream`` on the project and return without waiting."""
+        argv = [str(BIN / "flwr"), "run", str(PROJECT), "test", "--stream", "--run-config", run_config]
+        if self.simulation:
+            argv += ["--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus=1"]
         output = subprocess.PIPE if capture else None
-        return subprocess.Popen(
-            [
-                str(BIN / "flwr"), "run", str(PROJECT), "test", "--stream",
-                "--run-config", run_config,
-                "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus=1",
-            ],
-            env=self.env,
-            cwd=self.home,
-            stdout=output,
-            stderr=output,
-            text=True,
-        )
+        return subprocess.Popen(argv, env=self.env, cwd=self.home, stdout=output, stderr=output, text=True)
 
     def run(self, run_config: str, num_supernodes: int = 2, timeout_s: float = 600.0, capture: bool = True) -> subprocess.CompletedProcess[str]:
         """``flwr run`` the project and return when the run has ended."""
@@ -102,31 +135,31 @@ class SimulationSuperLink:
             stdout, stderr = process.communicate()
         return subprocess.CompletedProcess(process.args, process.returncode, stdout or "", stderr or "")
 
-    def __enter__(self) -> "SimulationSuperLink":
-        return self
 
-    def __exit__(self, *_: object) -> None:
-        self.stop()
+class SuperNode(_Process):
+    """``flower-supernode`` connected to a deployment-mode ``SuperLink``."""
 
-    def kill(self) -> None:
-        """SIGKILL the SuperLink and every process it started, at once, as a crash would."""
-        tree = _descendants(self.process.pid)
-        _signal_all([self.process.pid, *tree], signal.SIGKILL)
-        self.process.wait()
-        self.log.close()
-
-    def stop(self) -> None:
-        """Stop the SuperLink and every process it started (SuperExec, ServerApp, Ray) by PID."""
-        tree = _descendants(self.process.pid)
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-        _signal_all([self.process.pid, *tree, *_descendants(self.process.pid)], signal.SIGKILL)
-        self.process.wait()
-        self.log.close()
+    def __init__(
+        self, superlink: SuperLink, name: str, node_config: str, fast: bool = False, env: dict[str, str] | None = None
+    ) -> None:
+        home = superlink.home / name
+        home.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        launcher = [sys.executable, "-m", "apps.fast_supernode"] if fast else [str(BIN / "flower-supernode")]
+        argv = [
+            *launcher,
+            "--superlink", f"127.0.0.1:{superlink.http_port}",
+            "--node-config", node_config,
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--health-server-address", f"127.0.0.1:{free_port()}",
+        ]
+        if superlink.certificates:
+            argv += ["--root-certificates", str(superlink.certificates.ca_cert)]
+        else:
+            argv += ["--insecure"]
+        self._start(argv, superlink.env | {"FLWR_HOME": str(home)} | (env or {}), home, home / "supernode.log")
+        _wait_for_port(self.port, self.process, self.log_path)
 
 
 def _descendants(root: int) -> list[int]:

@@ -54,6 +54,7 @@ class RunConfig(BaseModel):
     min_clients: int = Field(1, ge=1)
     message_timeout: float = Field(600.0, gt=0)
     resume: bool = False
+    wire_dtype: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
 
     @field_validator("strategy")
     @classmethod

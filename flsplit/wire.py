@@ -18,6 +18,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from torch import nn
 
+from flsplit.compression import COMPRESSIBLE_KINDS, SCALE_SUFFIX, compress, decompress, part_dtypes
+
 INFO = "info"
 KINDS = ("activations", "labels", "gradients", "weights")
 
@@ -47,24 +49,35 @@ class TensorSpec:
     num_classes: int | None = None  # labels: values must lie in [0, num_classes)
 
 
-def encode(packet: Packet) -> RecordDict:
-    """Build a message's ``RecordDict`` from a packet."""
+def encode(packet: Packet, wire_dtype: str = "fp32") -> RecordDict:
+    """Build a message's ``RecordDict`` from a packet.
+
+    Activations and gradients travel in ``wire_dtype`` (see ``flsplit.compression``); an
+    int8 tensor ``z`` travels as ``z`` plus its per-channel ``z.scale``.
+    """
     content = RecordDict()
     for kind, tensors in packet.tensors.items():
         if kind not in KINDS:
             raise ValueError(f"unknown payload kind '{kind}'; use one of {KINDS}")
-        content[kind] = ArrayRecord(
-            {name: Array(t.detach().cpu().contiguous().numpy()) for name, t in tensors.items()}
-        )
+        arrays = {}
+        for name, tensor in tensors.items():
+            tensor = tensor.detach().cpu()
+            parts = compress(tensor, wire_dtype) if kind in COMPRESSIBLE_KINDS else {"": tensor}
+            for suffix, part in parts.items():
+                arrays[name + suffix] = Array(part.contiguous().numpy())
+        content[kind] = ArrayRecord(arrays)
     content[INFO] = ConfigRecord(dict(packet.info))
     return content
 
 
-def decode(content: RecordDict, specs: Sequence[TensorSpec], same_batch: bool = True) -> Packet:
+def decode(
+    content: RecordDict, specs: Sequence[TensorSpec], same_batch: bool = True, wire_dtype: str = "fp32"
+) -> Packet:
     """Validate ``content`` against ``specs`` and return it as a packet.
 
-    Every spec'd tensor must be present, no other tensor may be, and with ``same_batch`` all
-    tensors share their first dimension (activations and labels of one batch).
+    Every spec'd tensor must be present (in ``wire_dtype`` for activations and gradients), no
+    other tensor may be, and with ``same_batch`` all tensors share their first dimension
+    (activations and labels of one batch).
     """
     if INFO not in content.config_records:
         raise PayloadError("payload has no 'info' record")
@@ -79,12 +92,20 @@ def decode(content: RecordDict, specs: Sequence[TensorSpec], same_batch: bool = 
         record = content.array_records.get(kind)
         if record is None:
             raise PayloadError(f"payload is missing the '{kind}' record")
-        missing, extra = set(wanted) - set(record), set(record) - set(wanted)
+        lossy = kind in COMPRESSIBLE_KINDS
+        suffixes = part_dtypes(wire_dtype) if lossy else {"": None}
+        keys = {name + suffix for name in wanted for suffix in suffixes}
+        missing, extra = keys - set(record), set(record) - keys
         if missing or extra:
             raise PayloadError(
                 f"'{kind}' record: missing keys {sorted(missing)}, unexpected keys {sorted(extra)}"
             )
-        packet.tensors[kind] = {name: _decode_array(record[name], spec) for name, spec in wanted.items()}
+        if lossy:
+            packet.tensors[kind] = {
+                name: _decode_compressed(record, spec, wire_dtype) for name, spec in wanted.items()
+            }
+        else:
+            packet.tensors[kind] = {name: _decode_array(record[name], spec) for name, spec in wanted.items()}
     if same_batch:
         sizes = {f"{k}.{n}": t.shape[0] for k, ts in packet.tensors.items() for n, t in ts.items()}
         if len(set(sizes.values())) > 1:
@@ -117,6 +138,18 @@ def _decode_array(array: Array, spec: TensorSpec) -> torch.Tensor:
             f"{where}: label values span [{int(tensor.min())}, {int(tensor.max())}], "
             f"expected [0, {spec.num_classes - 1}]"
         )
+    return tensor
+
+
+def _decode_compressed(record: ArrayRecord, spec: TensorSpec, wire_dtype: str) -> torch.Tensor:
+    """Decode and check each part of a (possibly) compressed tensor, then decompress it."""
+    parts = {}
+    for suffix, dtype in part_dtypes(wire_dtype).items():
+        shape = spec.shape if suffix != SCALE_SUFFIX else (spec.shape[1],)
+        parts[suffix] = _decode_array(record[spec.name + suffix], TensorSpec(spec.kind, spec.name + suffix, dtype, shape))
+    tensor = decompress(parts, wire_dtype)
+    if not bool(torch.isfinite(tensor).all()):
+        raise PayloadError(f"'{spec.kind}.{spec.name}': contains NaN or Inf after decompression")
     return tensor
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
+from logging import ERROR
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+from flwr.common.logger import log
 
 from apps import client_app, rounds
 from apps.client_app import train_step
@@ -191,3 +194,40 @@ def test_a_client_that_never_answers_times_out_and_the_round_goes_on() -> None:
     # Assert
     assert list(stats.failures) == [1] and "no reply within 0.3 s" in stats.failures[1]
     assert stats.samples == 48
+
+
+class _OversizeGrid(InProcessGrid):
+    """Answers normally, but a pull that includes ``big``'s reply fails as an HTTP 413 would."""
+
+    def __init__(self, handlers: dict, run_config: dict, big: int) -> None:
+        super().__init__(handlers, run_config)
+        self.big, self._owner = big, {}
+
+    def push_messages(self, messages):  # noqa: ANN001, ANN201
+        messages = list(messages)
+        ids = super().push_messages(messages)
+        self._owner.update({i: m.metadata.dst_node_id for i, m in zip(ids, messages)})
+        return ids
+
+    def pull_messages(self, message_ids):  # noqa: ANN001, ANN201
+        message_ids = list(message_ids)
+        if any(self._owner.get(i) == self.big for i in message_ids):
+            log(ERROR, "\n\n[Grid.pull_messages] HTTP payload too large:\n")  # as flwr's HttpGrid does
+            return []
+        return super().pull_messages(message_ids)
+
+
+def test_a_reply_lost_to_a_size_limit_is_a_clear_error_not_a_hang() -> None:
+    # Prepare: partition 1's replies can never be pulled
+    grid = _OversizeGrid({100: _honest, 101: _honest}, RAW, big=101)
+    exchange = Exchange(grid, Ledger(), {100: 0, 101: 1}, timeout_s=600)
+    exchange.send(100, "query.hello", Packet(info={}))
+    exchange.send(101, "query.hello", Packet(info={}))
+    # Execute
+    started = time.monotonic()
+    honest = exchange.receive(100, [])
+    lost = exchange.receive(101, [])
+    # Assert
+    assert honest.packet is not None
+    assert lost.packet is None and "too large for the SuperLink (HTTP 413)" in lost.error
+    assert time.monotonic() - started < 5

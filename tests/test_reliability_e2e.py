@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.flower_runner import SimulationSuperLink
+from experiments.flower_runner import SuperLink
 from flsplit.results import read_metrics
 
 TINY = {
@@ -18,8 +18,8 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulationSuperLink]:
-    link = SimulationSuperLink(tmp_path_factory.mktemp("flwr-home"))
+def superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuperLink]:
+    link = SuperLink(tmp_path_factory.mktemp("flwr-home"))
     try:
         yield link
     finally:
@@ -31,7 +31,7 @@ def _args(results: Path, name: str, **overrides: object) -> str:
     return " ".join(f"{k}={v}" for k, v in config.items())
 
 
-def _run(link: SimulationSuperLink, results: Path, name: str, **overrides: object) -> list[dict]:
+def _run(link: SuperLink, results: Path, name: str, **overrides: object) -> list[dict]:
     done = link.run(_args(results, name, **overrides))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return read_metrics(results / name / "metrics.jsonl")
@@ -42,7 +42,7 @@ def _without_clocks(rounds: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rounds]
 
 
-def test_same_seed_gives_identical_metrics(superlink: SimulationSuperLink, tmp_path: Path) -> None:
+def test_same_seed_gives_identical_metrics(superlink: SuperLink, tmp_path: Path) -> None:
     # Execute: CSL exercises the per-batch graph cache and its replay fallback
     first = _run(superlink, tmp_path, "a", strategy="'csl'")
     second = _run(superlink, tmp_path, "b", strategy="'csl'")
@@ -51,7 +51,7 @@ def test_same_seed_gives_identical_metrics(superlink: SimulationSuperLink, tmp_p
     assert _without_clocks(first) == _without_clocks(second)
 
 
-def test_failed_client_is_recorded_and_rejoins_the_next_round(superlink: SimulationSuperLink, tmp_path: Path) -> None:
+def test_failed_client_is_recorded_and_rejoins_the_next_round(superlink: SuperLink, tmp_path: Path) -> None:
     # Execute
     rounds = _run(superlink, tmp_path, "flaky", strategy="'tests.plugins.flaky_dsl:FlakyDSL'")
     # Assert
@@ -62,9 +62,9 @@ def test_failed_client_is_recorded_and_rejoins_the_next_round(superlink: Simulat
 
 def test_run_killed_mid_way_and_resumed_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     # Prepare: the reference run, and a run that we kill after its first round
-    with SimulationSuperLink(tmp_path / "home-ref") as link:
+    with SuperLink(tmp_path / "home-ref") as link:
         reference = _run(link, tmp_path, "reference", strategy="'dsl'")
-    link = SimulationSuperLink(tmp_path / "home-killed")
+    link = SuperLink(tmp_path / "home-killed")
     try:
         process = link.launch(_args(tmp_path, "resumed", strategy="'dsl'"))
         metrics = tmp_path / "resumed" / "metrics.jsonl"
@@ -79,7 +79,7 @@ def test_run_killed_mid_way_and_resumed_matches_an_uninterrupted_run(tmp_path: P
     killed_after = len(read_metrics(metrics))
     assert killed_after < 3
     # Execute: a new SuperLink, the same run name, resume=true
-    with SimulationSuperLink(tmp_path / "home-resume") as link:
+    with SuperLink(tmp_path / "home-resume") as link:
         resumed = _run(link, tmp_path, "resumed", strategy="'dsl'", resume="true")
     # Assert
     assert _without_clocks(resumed) == _without_clocks(reference)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flsplit.results import read_metrics
-from experiments.flower_runner import SimulationSuperLink
+from experiments.flower_runner import SuperLink
 
 REQUIRED = {
     "round", "strategy", "test_accuracy", "test_loss", "train_loss", "aux_accuracy", "bytes_up", "bytes_down",
@@ -19,15 +19,15 @@ REQUIRED = {
 
 
 @pytest.fixture(scope="module")
-def superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulationSuperLink]:
-    link = SimulationSuperLink(tmp_path_factory.mktemp("flwr-home"))
+def superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuperLink]:
+    link = SuperLink(tmp_path_factory.mktemp("flwr-home"))
     try:
         yield link
     finally:
         link.stop()
 
 
-def _run(link: SimulationSuperLink, results: Path, name: str, **overrides: object) -> list[dict]:
+def _run(link: SuperLink, results: Path, name: str, **overrides: object) -> list[dict]:
     config = {
         "dataset": "'synthetic'", "model": "'resnet20'", "num-server-rounds": 2, "max-batches": 3,
         "batch-size": 16, "eval-samples": 48, "chunk-mb": 1.5, "results-dir": f"'{results}'", "run-name": f"'{name}'",
@@ -39,7 +39,7 @@ def _run(link: SimulationSuperLink, results: Path, name: str, **overrides: objec
     return read_metrics(path)
 
 
-def test_dsl_trains_two_rounds_and_sends_nothing_down(superlink: SimulationSuperLink, tmp_path: Path) -> None:
+def test_dsl_trains_two_rounds_and_sends_nothing_down(superlink: SuperLink, tmp_path: Path) -> None:
     # Execute
     rounds = _run(superlink, tmp_path, "dsl", strategy="'dsl'")
     # Assert
@@ -54,7 +54,7 @@ def test_dsl_trains_two_rounds_and_sends_nothing_down(superlink: SimulationSuper
     assert config["strategy"] == "dsl" and config["num_clients"] == 2
 
 
-def test_csl_gradient_bytes_equal_activation_bytes_up_to_framing(superlink: SimulationSuperLink, tmp_path: Path) -> None:
+def test_csl_gradient_bytes_equal_activation_bytes_up_to_framing(superlink: SuperLink, tmp_path: Path) -> None:
     # Execute
     rounds = _run(superlink, tmp_path, "csl", strategy="'csl'")
     # Assert
@@ -65,7 +65,7 @@ def test_csl_gradient_bytes_equal_activation_bytes_up_to_framing(superlink: Simu
         assert r["bytes_down"] == r["bytes_down_gradients"]
 
 
-def test_aggregated_slices_with_dirichlet_partitions(superlink: SimulationSuperLink, tmp_path: Path) -> None:
+def test_aggregated_slices_with_dirichlet_partitions(superlink: SuperLink, tmp_path: Path) -> None:
     # Execute
     rounds = _run(superlink, tmp_path, "agg", strategy="'dsl'", partition="'dirichlet'", **{"aggregate-clients": "true", "dirichlet-alpha": 0.5})
     # Assert: each client uploads its slice and head and gets the average back
@@ -74,7 +74,7 @@ def test_aggregated_slices_with_dirichlet_partitions(superlink: SimulationSuperL
         assert r["bytes_down"] == r["bytes_model_sync"] - (r["bytes_up"] - r["bytes_up_activations"] - r["bytes_up_labels"])
 
 
-def test_bad_run_config_stops_before_training_naming_every_key(superlink: SimulationSuperLink, tmp_path: Path) -> None:
+def test_bad_run_config_stops_before_training_naming_every_key(superlink: SuperLink, tmp_path: Path) -> None:
     done = superlink.run(f"lr=-1.0 strategy='magic' results-dir='{tmp_path}'")
     output = done.stdout + done.stderr
     assert "lr" in output and "strategy" in output and "choose one of" in output

@@ -1,21 +1,35 @@
-"""Split a training set across clients with flwr-datasets partitioners, in memory."""
+"""Split a training set across clients with flwr-datasets partitioners, in memory.
+
+A Dirichlet split of CIFAR's 50,000 labels takes seconds, and in deployment every message is
+a new process, so computed partitions are cached on disk next to the decoded arrays.
+"""
 
 from __future__ import annotations
 
+import hashlib
+
+from typing import TYPE_CHECKING
+
 import numpy as np
-from datasets import Dataset as HFDataset
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    IidPartitioner,
-    PathologicalPartitioner,
-    Partitioner,
-)
+
+from flsplit.data.sources import atomic_save, cache_dir
+
+if TYPE_CHECKING:
+    from flwr_datasets.partitioner import Partitioner
 
 
 def make_partitioner(
     scheme: str, num_partitions: int, alpha: float, classes_per_client: int, seed: int
 ) -> Partitioner:
     """The flwr-datasets partitioner for ``iid``, ``dirichlet`` or ``pathological``."""
+    # Imported here: flwr-datasets pulls in HF datasets and pyarrow (seconds of start-up), and a
+    # deployed ClientApp, a new process per message, needs them only before the cache is warm.
+    from flwr_datasets.partitioner import (  # noqa: PLC0415
+        DirichletPartitioner,
+        IidPartitioner,
+        PathologicalPartitioner,
+    )
+
     if scheme == "iid":
         return IidPartitioner(num_partitions=num_partitions)
     if scheme == "dirichlet":
@@ -44,6 +58,28 @@ def partition_indices(
     """Indices into ``labels`` that make up partition ``partition_id`` of ``num_partitions``."""
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id: {partition_id} is outside 0..{num_partitions - 1}")
+    key = hashlib.sha256(labels.tobytes())
+    key.update(repr((partition_id, num_partitions, scheme, alpha, classes_per_client, seed)).encode())
+    path = cache_dir() / "partitions" / f"{key.hexdigest()[:24]}.npy"
+    if path.exists():
+        return np.load(path)
+    indices = _compute(labels, partition_id, num_partitions, scheme, alpha, classes_per_client, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save(path, indices)
+    return indices
+
+
+def _compute(
+    labels: np.ndarray,
+    partition_id: int,
+    num_partitions: int,
+    scheme: str,
+    alpha: float,
+    classes_per_client: int,
+    seed: int,
+) -> np.ndarray:
+    from datasets import Dataset as HFDataset  # noqa: PLC0415 - see make_partitioner
+
     partitioner = make_partitioner(scheme, num_partitions, alpha, classes_per_client, seed)
     # IidPartitioner takes contiguous shards, and files are often sorted by class: shuffle first.
     order = np.random.default_rng(seed).permutation(len(labels))

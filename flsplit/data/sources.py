@@ -73,7 +73,8 @@ def _default_dir() -> Path:
     return Path(os.environ.get("FLSPLIT_DATA_DIR", "~/.cache/flsplit/data")).expanduser()
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """Where decoded arrays and partitions are cached (``$FLSPLIT_CACHE_DIR``)."""
     return Path(os.environ.get("FLSPLIT_CACHE_DIR", "~/.cache/flsplit")).expanduser()
 
 
@@ -84,19 +85,20 @@ def _load_cached(name: str, location: Path) -> tuple[ImageSet, ImageSet]:
     source = _find_source(name, location)
     stat = source.stat()
     key = hashlib.sha256(f"{name}|{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    prefix = _cache_dir() / f"{name}-{key.hexdigest()[:16]}"
+    prefix = cache_dir() / f"{name}-{key.hexdigest()[:16]}"
     parts = [Path(f"{prefix}-{p}.npy") for p in ("train-x", "train-y", "test-x", "test-y")]
     if all(p.exists() for p in parts):
         arrays = [np.load(p) for p in parts]
         return ImageSet(arrays[0], arrays[1]), ImageSet(arrays[2], arrays[3])
     train, test = _read_source(name, source)
-    _cache_dir().mkdir(parents=True, exist_ok=True)
+    cache_dir().mkdir(parents=True, exist_ok=True)
     for path, array in zip(parts, (train.images, train.labels, test.images, test.labels)):
-        _atomic_save(path, array)
+        atomic_save(path, array)
     return train, test
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> None:
+def atomic_save(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as ``.npy`` via a temp file and a rename, so readers never see half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "wb") as handle:
         np.save(handle, array, allow_pickle=False)

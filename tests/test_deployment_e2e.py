@@ -1,0 +1,100 @@
+"""A real SuperLink and real SuperNodes on 127.0.0.1: insecure and TLS, three strategies,
+a chunk of over 100 MB, and a SuperNode killed mid-run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from experiments.certificates import make_certificates
+from experiments.flower_runner import SuperLink, SuperNode
+from flsplit.results import read_metrics
+
+TINY = "dataset='synthetic' model='resnet20' num-server-rounds=2 max-batches=2 batch-size=32 eval-samples=64"
+
+
+class Deployment:
+    """A SuperLink with two SuperNodes (partitions 0 and 1), stopped by PID afterwards."""
+
+    def __init__(self, home: Path, tls: bool) -> None:
+        certificates = make_certificates(home / "certs") if tls else None
+        self.link = SuperLink(home, simulation=False, certificates=certificates, env={"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.01"})
+        self.nodes = [
+            SuperNode(self.link, f"node{i}", f"partition-id={i} num-partitions=2 data-dir=''", fast=True) for i in range(2)
+        ]
+
+    def run(self, results: Path, name: str, extra: str = "") -> list[dict]:
+        done = self.link.run(f"{TINY} results-dir='{results}' run-name='{name}' {extra}", timeout_s=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return read_metrics(results / name / "metrics.jsonl")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        self.link.stop()
+
+
+@pytest.fixture(scope="module", params=["insecure", "tls"])
+def deployment(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    federation = Deployment(tmp_path_factory.mktemp(request.param), tls=request.param == "tls")
+    try:
+        yield federation
+    finally:
+        federation.stop()
+
+
+@pytest.mark.parametrize("strategy", ["dsl", "csl", "tests.plugins.flaky_dsl:FlakyDSL"])
+def test_strategy_runs_on_real_supernodes(deployment: Deployment, tmp_path: Path, strategy: str) -> None:
+    # Execute
+    rounds = deployment.run(tmp_path, "run", f"strategy='{strategy}'")
+    # Assert
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(r["num_clients"] == 2 and r["bytes_up_activations"] > 0 for r in rounds)
+    if strategy == "csl":
+        assert all(r["bytes_down_gradients"] > 0 for r in rounds)
+    elif strategy == "dsl":
+        assert all(r["bytes_down"] == 0 and r["failed_clients"] == [] for r in rounds)
+        assert all(r["train_messages"] == 2 for r in rounds)  # one chunk per client, whatever the batch count
+    else:
+        assert [r["failed_clients"] for r in rounds] == [[], [1]]
+
+
+def test_upload_over_100_mb_arrives_whole(tmp_path: Path) -> None:
+    # Prepare
+    federation = Deployment(tmp_path / "home", tls=False)
+    try:
+        # Execute
+        rounds = federation.run(tmp_path, "bulky", "strategy='tests.plugins.bulky_dsl:BulkyDSL' num-server-rounds=1 chunk-mb=128")
+    finally:
+        federation.stop()
+    # Assert: each client's single upload carried more than 100 MB of activations
+    assert rounds[0]["failed_clients"] == []
+    assert rounds[0]["bytes_up_activations"] > 2 * 100 * 2**20
+    assert rounds[0]["train_messages"] == 2
+
+
+def test_run_completes_when_a_supernode_is_killed_mid_run(tmp_path: Path) -> None:
+    # Prepare
+    federation = Deployment(tmp_path / "home", tls=False)
+    try:
+        process = federation.link.launch(
+            f"{TINY} strategy='dsl' num-server-rounds=3 message-timeout=20 results-dir='{tmp_path}' run-name='kill'"
+        )
+        metrics = tmp_path / "kill" / "metrics.jsonl"
+        deadline = time.monotonic() + 300
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+            assert time.monotonic() < deadline and process.poll() is None, "round 1 never finished"
+            time.sleep(0.1)
+        # Execute: SIGKILL SuperNode 1 and its ClientApp processes
+        federation.nodes[1].kill()
+        stdout, stderr = process.communicate(timeout=600)
+    finally:
+        federation.stop()
+    # Assert
+    assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    rounds = read_metrics(metrics)
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert rounds[0]["failed_clients"] == [] and rounds[-1]["failed_clients"] == [1]
