@@ -13,7 +13,14 @@ from experiments.certificates import make_certificates
 from experiments.flower_runner import SuperLink, SuperNode
 from flsplit.results import read_metrics
 
-TINY = "dataset='synthetic' model='resnet20' num-server-rounds=2 max-batches=2 batch-size=32 eval-samples=64"
+TINY = {"dataset": "'synthetic'", "model": "'resnet20'", "num-server-rounds": 1, "max-batches": 2, "batch-size": 32, "eval-samples": 32}
+# Shorter task polls and SuperNode idle wait than Flower's defaults (see docs/deploy.md).
+TUNED = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1", "FLSPLIT_SUPERNODE_IDLE_S": "0.25"}
+
+
+def _config(results: Path, name: str, **overrides: object) -> str:
+    config = TINY | {"results-dir": f"'{results}'", "run-name": f"'{name}'"} | overrides
+    return " ".join(f"{k}={v}" for k, v in config.items())
 
 
 class Deployment:
@@ -21,13 +28,14 @@ class Deployment:
 
     def __init__(self, home: Path, tls: bool) -> None:
         certificates = make_certificates(home / "certs") if tls else None
-        self.link = SuperLink(home, simulation=False, certificates=certificates, env={"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.01"})
+        self.link = SuperLink(home, simulation=False, certificates=certificates, env=TUNED)
         self.nodes = [
-            SuperNode(self.link, f"node{i}", f"partition-id={i} num-partitions=2 data-dir=''", fast=True) for i in range(2)
+            SuperNode(self.link, f"node{i}", f"partition-id={i} num-partitions=2 data-dir=''", fast=True, env=TUNED)
+            for i in range(2)
         ]
 
-    def run(self, results: Path, name: str, extra: str = "") -> list[dict]:
-        done = self.link.run(f"{TINY} results-dir='{results}' run-name='{name}' {extra}", timeout_s=900)
+    def run(self, results: Path, name: str, **overrides: object) -> list[dict]:
+        done = self.link.run(_config(results, name, **overrides), timeout_s=900)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         return read_metrics(results / name / "metrics.jsonl")
 
@@ -49,9 +57,10 @@ def deployment(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 @pytest.mark.parametrize("strategy", ["dsl", "csl", "tests.plugins.flaky_dsl:FlakyDSL"])
 def test_strategy_runs_on_real_supernodes(deployment: Deployment, tmp_path: Path, strategy: str) -> None:
     # Execute
-    rounds = deployment.run(tmp_path, "run", f"strategy='{strategy}'")
+    flaky = strategy.endswith("FlakyDSL")
+    rounds = deployment.run(tmp_path, "run", strategy=f"'{strategy}'", **{"num-server-rounds": 2 if flaky else 1})
     # Assert
-    assert [r["round"] for r in rounds] == [1, 2]
+    assert [r["round"] for r in rounds] == ([1, 2] if flaky else [1])
     assert all(r["num_clients"] == 2 and r["bytes_up_activations"] > 0 for r in rounds)
     if strategy == "csl":
         assert all(r["bytes_down_gradients"] > 0 for r in rounds)
@@ -67,10 +76,10 @@ def test_upload_over_100_mb_arrives_whole(tmp_path: Path) -> None:
     federation = Deployment(tmp_path / "home", tls=False)
     try:
         # Execute
-        rounds = federation.run(tmp_path, "bulky", "strategy='tests.plugins.bulky_dsl:BulkyDSL' num-server-rounds=1 chunk-mb=128")
+        rounds = federation.run(tmp_path, "bulky", strategy="'tests.plugins.bulky_dsl:BulkyDSL'", **{"chunk-mb": 128})
     finally:
         federation.stop()
-    # Assert: each client's single upload carried more than 100 MB of activations
+    # Assert: each client's single upload carried more than 100 MiB of distinct activations
     assert rounds[0]["failed_clients"] == []
     assert rounds[0]["bytes_up_activations"] > 2 * 100 * 2**20
     assert rounds[0]["train_messages"] == 2
@@ -81,7 +90,7 @@ def test_run_completes_when_a_supernode_is_killed_mid_run(tmp_path: Path) -> Non
     federation = Deployment(tmp_path / "home", tls=False)
     try:
         process = federation.link.launch(
-            f"{TINY} strategy='dsl' num-server-rounds=3 message-timeout=20 results-dir='{tmp_path}' run-name='kill'"
+            _config(tmp_path, "kill", strategy="'dsl'", **{"num-server-rounds": 3, "message-timeout": 20})
         )
         metrics = tmp_path / "kill" / "metrics.jsonl"
         deadline = time.monotonic() + 300

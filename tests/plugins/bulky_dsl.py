@@ -12,7 +12,7 @@ TARGET_BYTES = 110 * 2**20
 
 
 class BulkyClient(DSLClient):
-    """Trains one real chunk, then repeats its activations until the upload passes 100 MB."""
+    """Trains one real chunk, then repeats its activations until the upload passes 100 MiB."""
 
     def train(self, request: Packet, client: ClientSlice, max_bytes: int) -> Packet:
         upload = super().train(request, client, max_bytes)
@@ -20,7 +20,9 @@ class BulkyClient(DSLClient):
             return upload
         z, y = upload.tensors["activations"]["z"], upload.tensors["labels"]["y"]
         repeats = -(-TARGET_BYTES // (z.numel() * z.element_size()))
-        upload.tensors = {"activations": {"z": z.repeat(repeats, 1, 1, 1)}, "labels": {"y": y.repeat(repeats)}}
+        # Scale each copy differently: Flower ships identical 5 MiB chunks only once.
+        copies = torch.cat([z * (1.0 + 1e-3 * k) for k in range(repeats)])
+        upload.tensors = {"activations": {"z": copies}, "labels": {"y": y.repeat(repeats)}}
         upload.info["batch_sizes"] = list(upload.info["batch_sizes"]) * repeats
         return upload
 
