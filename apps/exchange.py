@@ -3,15 +3,16 @@
 ``grid.send_and_receive`` sleeps 0.1 s (simulation) or 3 s (deployment) between pulls, which
 would dominate a per-batch round trip. The exchange instead pushes one message at a time per
 node (two in flight for one node could race on the node's state) and polls the SuperLink
-every few milliseconds. Replies are handed out per node, so the caller decides the order in
-which the server consumes them, and that order does not depend on arrival times.
+every few milliseconds for the one reply the server is waiting for. Other replies stay in the
+SuperLink until their turn, so the server holds one payload at a time however many clients
+there are, and the order in which it consumes replies does not depend on arrival times.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from flwr.app import Message
@@ -30,10 +31,14 @@ class Reply:
     packet: Packet | None
     error: str | None
     round_trip_s: float
+    server_busy_s: float = 0.0  # server compute while this message was out (see ``busy_clock``)
 
 
 class _TooLargeWatch(logging.Filter):
-    """Notices Flower's log line for an HTTP 413 on pull, which it otherwise reports as 'no reply'."""
+    """Notices Flower's log line for an HTTP 413 on pull, which it otherwise reports as 'no reply'.
+
+    We pull one reply at a time, so a 413 means that reply itself is too large to fetch.
+    """
 
     MARKER = "[Grid.pull_messages] HTTP payload too large"
 
@@ -62,17 +67,19 @@ class Exchange:
         poll_s: float = 0.002,
         timeout_s: float = 600.0,
         wire_dtype: str = "fp32",
+        busy_clock: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.grid, self.ledger, self.client_index = grid, ledger, client_index
         self.poll_s, self.timeout_s, self.wire_dtype = poll_s, timeout_s, wire_dtype
-        self._in_flight: dict[str, tuple[int, float, str]] = {}  # message id -> node, sent, type
-        self._arrived: dict[int, tuple[Message, float, str]] = {}
+        self.busy_clock = busy_clock  # seconds the server has spent computing so far
+        self._in_flight: dict[str, tuple[int, float, str, float]] = {}  # id -> node, sent, type, busy
+        self._arrived: dict[int, tuple[Message, float, str, float]] = {}
         self._refused: dict[int, str] = {}  # node -> why the SuperLink did not take its message
         self._too_large = _TOO_LARGE
 
     def send(self, node_id: int, message_type: str, packet: Packet, phase: str = "train") -> None:
         """Push one message to ``node_id``; its reply is collected with ``receive``."""
-        if any(node == node_id for node, _, _ in self._in_flight.values()) or node_id in self._refused:
+        if self._message_of(node_id) is not None or node_id in self._refused:
             raise RuntimeError(f"node {node_id} already has a message in flight")
         content = encode(packet, self.wire_dtype)
         self.ledger.count(self.client_index[node_id], "down", content, phase)
@@ -88,7 +95,7 @@ class Exchange:
                 f"SuperLink refused the {message_type} message (payload over its size limit, or node offline)",
             )
             return
-        self._in_flight[ids[0]] = (node_id, time.perf_counter(), message_type)
+        self._in_flight[ids[0]] = (node_id, time.perf_counter(), message_type, self.busy_clock())
 
     def receive(self, node_id: int, specs: Sequence[TensorSpec], same_batch: bool = True) -> Reply:
         """Wait for ``node_id``'s reply and validate it against ``specs`` (if it has tensors)."""
@@ -96,56 +103,50 @@ class Exchange:
         while node_id not in self._arrived:
             if node_id in self._refused:
                 return Reply(node_id, None, None, self._refused.pop(node_id), 0.0)
-            if not any(node == node_id for node, _, _ in self._in_flight.values()):
+            message_id = self._message_of(node_id)
+            if message_id is None:
                 raise RuntimeError(f"no message in flight for node {node_id}")
             if time.perf_counter() > deadline:
                 self.abandon(node_id)
                 return Reply(node_id, None, None, f"no reply within {self.timeout_s:g} s (message-timeout)", self.timeout_s)
-            if not self._pull():
+            if not self._pull(message_id):
                 time.sleep(self.poll_s)
-        message, round_trip, sent_type = self._arrived.pop(node_id)
+        message, round_trip, sent_type, busy = self._arrived.pop(node_id)
         if message.has_error():
-            return Reply(node_id, message, None, f"client error: {message.error.reason}", round_trip)
+            return Reply(node_id, message, None, f"client error: {message.error.reason}", round_trip, busy)
         if message.metadata.message_type != sent_type:
-            return Reply(node_id, message, None, f"bad payload: reply of type '{message.metadata.message_type}' to a '{sent_type}' message", round_trip)
+            return Reply(node_id, message, None, f"bad payload: reply of type '{message.metadata.message_type}' to a '{sent_type}' message", round_trip, busy)
         phase = {"evaluate": "eval", "query.hello": "setup"}.get(sent_type, "train")
         self.ledger.count(self.client_index[node_id], "up", message.content, phase)
         try:
             packet = decode(message.content, specs if message.content.array_records else [], same_batch, self.wire_dtype)
         except PayloadError as err:
-            return Reply(node_id, message, None, f"bad payload: {err}", round_trip)
-        return Reply(node_id, message, packet, None, round_trip)
+            return Reply(node_id, message, None, f"bad payload: {err}", round_trip, busy)
+        return Reply(node_id, message, packet, None, round_trip, busy)
 
     def abandon(self, node_id: int) -> None:
         """Forget a node's in-flight message (its reply, if it ever comes, is dropped)."""
-        for message_id, (node, _, _) in list(self._in_flight.items()):
-            if node == node_id:
-                del self._in_flight[message_id]
+        message_id = self._message_of(node_id)
+        if message_id is not None:
+            del self._in_flight[message_id]
         self._arrived.pop(node_id, None)
         self._refused.pop(node_id, None)
 
-    def _pull(self) -> bool:
-        if not self._in_flight:
-            return False
-        self._too_large.seen = False
-        replies = list(self.grid.pull_messages(list(self._in_flight)))
-        if self._too_large.seen:
-            replies = self._pull_one_by_one()
-        now = time.perf_counter()
-        for reply in replies:
-            entry = self._in_flight.pop(reply.metadata.reply_to_message_id, None)
-            if entry is not None:
-                node_id, sent_at, sent_type = entry
-                self._arrived[node_id] = (reply, now - sent_at, sent_type)
-        return bool(replies)
+    def _message_of(self, node_id: int) -> str | None:
+        return next((mid for mid, entry in self._in_flight.items() if entry[0] == node_id), None)
 
-    def _pull_one_by_one(self) -> list[Message]:
-        """After an HTTP 413, pull each reply alone; one still too large is reported, not lost."""
-        replies = []
-        for message_id, (node_id, _, sent_type) in list(self._in_flight.items()):
-            self._too_large.seen = False
-            replies += list(self.grid.pull_messages([message_id]))
-            if self._too_large.seen:
+    def _pull(self, message_id: str) -> bool:
+        self._too_large.seen = False
+        replies = list(self.grid.pull_messages([message_id]))
+        node_id, sent_at, sent_type, busy_at_send = self._in_flight[message_id]
+        if self._too_large.seen:
+            del self._in_flight[message_id]
+            self._refused[node_id] = f"the {sent_type} reply is too large for the SuperLink (HTTP 413); lower chunk-mb"
+            return True
+        for reply in replies:
+            if reply.metadata.reply_to_message_id == message_id:
                 del self._in_flight[message_id]
-                self._refused[node_id] = f"the {sent_type} reply is too large for the SuperLink (HTTP 413); lower chunk-mb"
-        return replies
+                busy = self.busy_clock() - busy_at_send
+                self._arrived[node_id] = (reply, time.perf_counter() - sent_at, sent_type, busy)
+                return True
+        return False

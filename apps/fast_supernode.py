@@ -3,8 +3,10 @@
 An idle SuperNode sleeps 3 s whenever its pull finds no message, and it only pushes a
 finished reply on its next loop, so in flwr 1.41 every round trip through a SuperNode costs up
 to 3 s of sleeping. This launcher replaces that one sleep with ``FLSPLIT_SUPERNODE_IDLE_S``
-(default 0.02 s) and sets ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (default 0.01 s, Flower's own
-knob) for the task launcher. Nothing changes unless you start SuperNodes with this module:
+(default 0.25 s) and sets ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (default 0.1 s, Flower's own
+knob) for the task launcher. Shorter waits were measured to be slower on a 2-core machine: the
+polling itself then competes with training for the CPU (docs/deploy.md). Nothing changes
+unless you start SuperNodes with this module:
 
     python -m apps.fast_supernode --superlink HOST:PORT --node-config "..." [flower-supernode args]
 
@@ -65,8 +67,8 @@ def apply(idle_s: float) -> None:
 
 def main() -> None:
     """Apply the patch, then run ``flower-supernode`` with the given arguments."""
-    apply(float(os.environ.get("FLSPLIT_SUPERNODE_IDLE_S", "0.02")))
-    os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.01")
+    apply(float(os.environ.get("FLSPLIT_SUPERNODE_IDLE_S", "0.25")))
+    os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
     from flwr.supernode.cli import flower_supernode  # noqa: PLC0415
 
     flower_supernode()

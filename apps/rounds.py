@@ -103,7 +103,10 @@ def train_round(exchange: Exchange, server: ServerHalf, clients: list[Client], c
             done = bool(upload.info.get("done"))
             stats.client_fwd_s += float(upload.info.get("fwd_s", 0.0))
             stats.client_bwd_s += float(upload.info.get("bwd_s", 0.0))
-            stats.comm_s += max(0.0, reply.round_trip_s - float(upload.info.get("handler_s", 0.0)))
+            # The round trip minus what covered it: the client's handler and, running at the same
+            # time, the server's own training on other uploads.
+            covered = max(float(upload.info.get("handler_s", 0.0)), reply.server_busy_s)
+            stats.comm_s += max(0.0, reply.round_trip_s - covered)
             stats.round_trip_s += reply.round_trip_s
             stats.messages += 1
             stats.aux_loss_sum += float(upload.info.get("aux_loss_sum", 0.0))

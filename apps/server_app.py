@@ -47,7 +47,12 @@ def main(grid: Grid, context: Context) -> None:
 
     node_ids = _wait_for_nodes(grid, config)
     exchange = Exchange(
-        grid, ledger, {n: i for i, n in enumerate(node_ids)}, timeout_s=config.message_timeout, wire_dtype=config.wire_dtype
+        grid,
+        ledger,
+        {n: i for i, n in enumerate(node_ids)},
+        timeout_s=config.message_timeout,
+        wire_dtype=config.wire_dtype,
+        busy_clock=lambda: server.watch.total,
     )
     clients_dir = writer.dir / "clients"
     setup = {"clients_dir": str(clients_dir)} | ({"restore_round": first_round - 1} if restored else {})

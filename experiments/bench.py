@@ -19,7 +19,6 @@ table ``bench.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import tempfile
@@ -30,12 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from experiments.flower_runner import SuperLink
+from experiments.tables import write_results
 from flsplit.config import parse_run_config
 from flsplit.data import PartitionLoader, load_dataset, partition_indices
 from flsplit.results import read_metrics
 from flsplit.split import build_halves, sgd
-
-RESULTS = Path(__file__).resolve().parent / "results"
 CLIENTS = 2
 
 
@@ -141,13 +139,7 @@ def main() -> None:
                     "repeats": args.repeats,
                 }
             )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench.json").write_text(json.dumps(rows, indent=2))
-    keys = list(rows[0])
-    table = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
-    table += "\n".join("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r.values()) + " |" for r in rows)
-    (RESULTS / "bench.md").write_text(table + "\n")
-    print(table)
+    print(write_results("bench", rows))
 
 
 if __name__ == "__main__":

@@ -9,15 +9,13 @@ SuperLink started here. Writes ``experiments/results/core_timing.json`` and prin
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 from experiments.flower_runner import SuperLink
+from experiments.tables import write_results
 from flsplit.results import read_metrics
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -56,12 +54,7 @@ def main() -> None:
                     "wall_s_whole_run": time.perf_counter() - started,
                 }
             )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "core_timing.json").write_text(json.dumps(rows, indent=2))
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
-    for row in rows:
-        print("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+    print(write_results("core_timing", rows))
 
 
 if __name__ == "__main__":

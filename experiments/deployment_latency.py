@@ -10,14 +10,12 @@ of ``apps.fast_supernode``. Writes ``experiments/results/deployment_latency.json
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 from experiments.flower_runner import SuperLink, SuperNode
+from experiments.tables import write_results
 from flsplit.results import read_metrics
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def measure(setup: tuple[float, float] | None, strategy: str, batches: int, work: Path) -> dict:
@@ -71,12 +69,7 @@ def main() -> None:
             for strategy in args.strategies.split(","):
                 rows.append(measure(setup, strategy, args.batches, Path(tmp)))  # type: ignore[arg-type]
                 print(rows[-1], flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "deployment_latency.json").write_text(json.dumps(rows, indent=2))
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
-    for row in rows:
-        print("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+    print(write_results("deployment_latency", rows))
 
 
 if __name__ == "__main__":

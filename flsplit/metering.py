@@ -13,6 +13,7 @@ class Stopwatch:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.total = 0.0  # all time ever measured; unlike ``seconds``, never reset
 
     @contextmanager
     def time(self, name: str) -> Iterator[None]:
@@ -21,7 +22,9 @@ class Stopwatch:
         try:
             yield
         finally:
-            self.seconds[name] += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            self.seconds[name] += elapsed
+            self.total += elapsed
 
     def take(self) -> dict[str, float]:
         """Return the sums so far and start again from zero."""

@@ -1,0 +1,27 @@
+"""Result files of the experiment drivers: JSON for machines, a markdown table for people."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Rows of equal keys as a markdown table, floats to 4 significant digits."""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(name: str, rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> str:
+    """Write ``results/<name>.json`` and ``results/<name>.md``; return the table."""
+    RESULTS.mkdir(exist_ok=True)
+    payload: Any = rows if extra is None else extra | {"runs": rows}
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    table = markdown_table(rows)
+    (RESULTS / f"{name}.md").write_text(table)
+    return table
