@@ -69,3 +69,17 @@ def make_certificates(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "l
         )
     )
     return paths
+
+
+def make_node_key(directory: Path, name: str) -> tuple[Path, Path]:
+    """An EC key pair in OpenSSH format for SuperNode authentication: ``(private, public)``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = directory / f"{name}_key"
+    public = directory / f"{name}_key.pub"
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+    private.chmod(0o600)
+    return private, public

@@ -87,6 +87,7 @@ class SuperLink(_Process):
         simulation: bool = True,
         certificates: Certificates | None = None,
         env: dict[str, str] | None = None,
+        node_auth: bool = False,
     ) -> None:
         self.home, self.simulation, self.certificates = home, simulation, certificates
         self.http_port = free_port()  # Control, Fleet and Runtime APIs all share it (flwr >= 1.40)
@@ -114,8 +115,18 @@ class SuperLink(_Process):
             argv += ["--ssl-certfile", str(certificates.server_cert), "--ssl-keyfile", str(certificates.server_key), "--ssl-ca-certfile", str(certificates.ca_cert)]
         else:
             argv += ["--insecure"]
+        argv += ["--enable-supernode-auth"] if node_auth else []
         self._start(argv, self.env, home, home / "superlink.log")
         _wait_for_port(self.http_port, self.process, self.log_path)
+
+    def register_node(self, public_key: Path) -> None:
+        """``flwr supernode register``: allow the SuperNode holding this key (node auth)."""
+        done = subprocess.run(
+            [str(BIN / "flwr"), "supernode", "register", str(public_key), "test"],
+            env=self.env, cwd=self.home, capture_output=True, text=True, timeout=60, check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"register failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
 
     def launch(self, run_config: str, num_supernodes: int = 2, capture: bool = True) -> subprocess.Popen[str]:
         """Start ``flwr run --stream`` on the project and return without waiting."""
@@ -140,7 +151,14 @@ class SuperNode(_Process):
     """``flower-supernode`` connected to a deployment-mode ``SuperLink``."""
 
     def __init__(
-        self, superlink: SuperLink, name: str, node_config: str, fast: bool = False, env: dict[str, str] | None = None
+        self,
+        superlink: SuperLink,
+        name: str,
+        node_config: str,
+        fast: bool = False,
+        env: dict[str, str] | None = None,
+        private_key: Path | None = None,
+        wait: bool = True,
     ) -> None:
         home = superlink.home / name
         home.mkdir(parents=True, exist_ok=True)
@@ -158,8 +176,10 @@ class SuperNode(_Process):
             argv += ["--root-certificates", str(superlink.certificates.ca_cert)]
         else:
             argv += ["--insecure"]
+        argv += ["--auth-supernode-private-key", str(private_key)] if private_key else []
         self._start(argv, superlink.env | {"FLWR_HOME": str(home)} | (env or {}), home, home / "supernode.log")
-        _wait_for_port(self.port, self.process, self.log_path)
+        if wait:
+            _wait_for_port(self.port, self.process, self.log_path)
 
 
 def _descendants(root: int) -> list[int]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.certificates import make_certificates
+from experiments.certificates import make_certificates, make_node_key
 from experiments.flower_runner import SuperLink, SuperNode
 from flsplit.results import read_metrics
 
@@ -107,3 +107,29 @@ def test_run_completes_when_a_supernode_is_killed_mid_run(tmp_path: Path) -> Non
     rounds = read_metrics(metrics)
     assert [r["round"] for r in rounds] == [1, 2, 3]
     assert rounds[0]["failed_clients"] == [] and rounds[-1]["failed_clients"] == [1]
+
+
+def test_supernode_authentication_admits_only_registered_nodes(tmp_path: Path) -> None:
+    # Prepare: TLS plus SuperNode authentication; only node 0's public key is registered
+    certificates = make_certificates(tmp_path / "certs")
+    link = SuperLink(tmp_path / "home", simulation=False, certificates=certificates, env=TUNED, node_auth=True)
+    nodes = []
+    try:
+        keys = [make_node_key(tmp_path / "keys", f"node{i}") for i in range(2)]
+        link.register_node(keys[0][1])
+        nodes = [
+            SuperNode(link, f"node{i}", f"partition-id={i} num-partitions=2", fast=True, env=TUNED, private_key=keys[i][0], wait=False)
+            for i in range(2)
+        ]
+        # Execute
+        done = link.run(_config(tmp_path, "auth", strategy="'dsl'"), timeout_s=600)
+        log = nodes[1].log_path.read_text()
+    finally:
+        for node in nodes:
+            node.stop()
+        link.stop()
+    # Assert: the run used the registered node only, and the other one was turned away
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rounds = read_metrics(tmp_path / "auth" / "metrics.jsonl")
+    assert rounds[0]["num_clients"] == 1
+    assert "SuperNode ID" not in log
