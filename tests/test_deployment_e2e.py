@@ -132,4 +132,4 @@ def test_supernode_authentication_admits_only_registered_nodes(tmp_path: Path) -
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rounds = read_metrics(tmp_path / "auth" / "metrics.jsonl")
     assert rounds[0]["num_clients"] == 1
-    assert "SuperNode ID" not in log
+    assert "SuperNode ID" not in log and "Failed to activate SuperNode" in log
