@@ -6,7 +6,6 @@ import resource
 import time
 from datetime import datetime, timezone
 from logging import INFO, WARNING
-from pathlib import Path
 from typing import Any
 
 import flwr

@@ -13,7 +13,10 @@ from experiments.certificates import make_certificates, make_node_key
 from experiments.flower_runner import SuperLink, SuperNode
 from flsplit.results import read_metrics
 
-TINY = {"dataset": "'synthetic'", "model": "'resnet20'", "num-server-rounds": 1, "max-batches": 2, "batch-size": 32, "eval-samples": 32}
+TINY = {
+    "dataset": "'synthetic'", "model": "'resnet20'", "num-server-rounds": 1, "max-batches": 2, "batch-size": 32,
+    "eval-samples": 32, "min-clients": 2,  # wait until both SuperNodes have joined
+}
 # Shorter task polls and SuperNode idle wait than Flower's defaults (see docs/deploy.md).
 TUNED = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1", "FLSPLIT_SUPERNODE_IDLE_S": "0.25"}
 
@@ -122,7 +125,7 @@ def test_supernode_authentication_admits_only_registered_nodes(tmp_path: Path) -
             for i in range(2)
         ]
         # Execute
-        done = link.run(_config(tmp_path, "auth", strategy="'dsl'"), timeout_s=600)
+        done = link.run(_config(tmp_path, "auth", strategy="'dsl'", **{"min-clients": 1}), timeout_s=600)
         log = nodes[1].log_path.read_text()
     finally:
         for node in nodes:
