@@ -38,8 +38,8 @@ def _run(link: SuperLink, results: Path, name: str, **overrides: object) -> list
 
 
 def _without_clocks(rounds: list[dict]) -> list[dict]:
-    """Metrics minus wall-clock fields (``*_s``), which no two runs share."""
-    return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rounds]
+    """Metrics minus wall-clock and memory readings (``*_s``, ``*_mb``), which no two runs share."""
+    return [{k: v for k, v in r.items() if not k.endswith(("_s", "_mb"))} for r in rounds]
 
 
 def test_same_seed_gives_identical_metrics(superlink: SuperLink, tmp_path: Path) -> None:
