@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from flsplit.models import DEPTHS, head_names, num_blocks, resolve_cut
+from flsplit.models import head_names, resolve_cut
 
 
 class ConfigError(ValueError):
@@ -123,4 +123,4 @@ def _valid_keys() -> list[str]:
     return [_kebab(name) for name in RunConfig.model_fields]
 
 
-__all__ = ["ConfigError", "RunConfig", "parse_run_config", "DEPTHS", "num_blocks"]
+__all__ = ["ConfigError", "RunConfig", "parse_run_config"]

@@ -37,10 +37,6 @@ class Ledger:
         self.messages += 1
         return total
 
-    def add(self, client: int, direction: str, kind: str, nbytes: int, phase: str = "train") -> None:
-        """Add bytes that did not travel as one of our messages (for example a restored total)."""
-        self._round[(client, direction, kind, phase)] += nbytes
-
     def round_summary(self) -> dict[str, int]:
         """This round's byte counts as metrics fields; moves them into the run totals."""
         def total(direction: str | None = None, kind: str | None = None, phase: str = "train") -> int:
@@ -75,14 +71,6 @@ class Ledger:
         """Continue from ``state()`` of a checkpointed run."""
         self.totals = defaultdict(int, state["totals"])
         self.messages = state["messages"]
-
-    def per_client_round(self) -> dict[int, dict[str, int]]:
-        """Training bytes of the open round by client and direction (for per-client reports)."""
-        out: dict[int, dict[str, int]] = defaultdict(lambda: {"up": 0, "down": 0})
-        for (client, direction, _, phase), value in self._round.items():
-            if phase == "train":
-                out[client][direction] += value
-        return dict(out)
 
 
 __all__ = ["Ledger", "INFO"]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pickle
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from experiments.flower_runner import SuperLink
 
 
 @pytest.fixture(autouse=True)
@@ -87,3 +90,13 @@ def cifar100_pickles(tmp_path: Path) -> Path:
 @pytest.fixture
 def cifar100_tar(cifar100_pickles: Path, tmp_path: Path) -> Path:
     return _tar(cifar100_pickles, tmp_path / "cifar-100-python.tar.gz")
+
+
+@pytest.fixture(scope="module")
+def superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuperLink]:
+    """A simulation-mode SuperLink shared by the tests of one module, stopped by PID afterwards."""
+    link = SuperLink(tmp_path_factory.mktemp("flwr-home"))
+    try:
+        yield link
+    finally:
+        link.stop()

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 
 from experiments.flower_runner import SuperLink
 from flsplit.results import read_metrics
@@ -16,14 +14,6 @@ TINY = {
     "batch-size": 16, "eval-samples": 64, "chunk-mb": 1.5,
 }
 
-
-@pytest.fixture(scope="module")
-def superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuperLink]:
-    link = SuperLink(tmp_path_factory.mktemp("flwr-home"))
-    try:
-        yield link
-    finally:
-        link.stop()
 
 
 def _args(results: Path, name: str, **overrides: object) -> str:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 
 from flsplit.results import read_metrics
 from experiments.flower_runner import SuperLink
@@ -17,14 +15,6 @@ REQUIRED = {
     "client_fwd_s", "client_bwd_s", "server_s", "comm_s",
 }
 
-
-@pytest.fixture(scope="module")
-def superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuperLink]:
-    link = SuperLink(tmp_path_factory.mktemp("flwr-home"))
-    try:
-        yield link
-    finally:
-        link.stop()
 
 
 def _run(link: SuperLink, results: Path, name: str, **overrides: object) -> list[dict]:
