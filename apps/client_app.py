@@ -13,9 +13,10 @@ from flwr.clientapp import ClientApp
 
 from flsplit.config import RunConfig, parse_run_config
 from flsplit.data import eval_indices, test_tensors
+from flsplit.memory import measure
 from flsplit.split import activation_shape
 from flsplit.wire import Packet, decode, encode, load_weights, weight_specs, weights_of
-from strategies import ClientSlice, get_strategy, strategy_names
+from strategies import ClientHalf, ClientSlice, get_strategy, strategy_names
 from apps.client_state import (
     RUN,
     client_dataset,
@@ -81,7 +82,7 @@ def train_step(msg: Message, context: Context) -> Message:
     if round_number != client.counters["round"]:
         client.counters["round"] = round_number
         client.counters["round_end"] = client.counters["step"] + _quota(config, client.loader.batches_per_epoch)
-    upload = half.train(request, client, int(config.chunk_mb * MB))
+    upload = _train_measured(half, request, client, config)
     save_slice(context, client)
     timings = client.watch.take()
     upload.info |= {
@@ -91,6 +92,22 @@ def train_step(msg: Message, context: Context) -> Message:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     return Message(encode(upload, config.wire_dtype), reply_to=msg)
+
+
+def _train_measured(half: ClientHalf, request: Packet, client: ClientSlice, config: RunConfig) -> Packet:
+    """``half.train``; the run's first ``memory-probe`` messages also measure peak memory."""
+    if client.counters.get("probed", 0) >= config.memory_probe:
+        client.live.pop("held_bytes", None)
+        return half.train(request, client, int(config.chunk_mb * MB))
+    client.counters["probed"] = client.counters.get("probed", 0) + 1
+    # A graph kept from the previous message (CSL) is memory this client holds, allocated
+    # before this window opened; it is only in this process if the graph is.
+    held = client.live.pop("held_bytes", 0)
+    with measure(client.modules().values(), client.optimizer, held) as reading:
+        upload = half.train(request, client, int(config.chunk_mb * MB))
+    client.live["held_bytes"] = reading.held_after
+    upload.info |= {"memory_peak_bytes": reading.peak, "memory_saved_bytes": reading.saved}
+    return upload
 
 
 @app.train("sync")

@@ -16,11 +16,14 @@ from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
 from flsplit.config import RunConfig
+from flsplit.memory import MemoryReading, measure, tensor_bytes
 from flsplit.split import activation_shape
 from flsplit.wire import Packet, PayloadError, as_float32_weights, weight_specs
 from strategies import ServerHalf
 from strategies.base import batch_sizes
 from apps.exchange import Exchange
+
+MB = 1 << 20
 
 
 @dataclass
@@ -45,7 +48,25 @@ class RoundStats:
     aux_loss_sum: float = 0.0
     samples: int = 0
     peak_rss_mb: float = 0.0  # highest resident set of any client process (whole process)
+    client_memory: MemoryReading | None = None  # highest probed peak of any client (flsplit.memory)
+    server_memory: MemoryReading | None = None
     failures: dict[int, str] = field(default_factory=dict)  # partition id -> reason
+
+    def note_memory(self, party: str, reading: MemoryReading) -> None:
+        """Keep the highest peak measured for ``party`` (``client`` or ``server``) this round."""
+        attribute = f"{party}_memory"
+        current = getattr(self, attribute)
+        if current is None or reading.peak > current.peak:
+            setattr(self, attribute, reading)
+
+    def memory_metrics(self) -> dict[str, float | None]:
+        """Probed peaks and autograd's saved bytes in MiB (``None`` in rounds without a probe)."""
+        out: dict[str, float | None] = {}
+        for party in ("client", "server"):
+            reading = getattr(self, f"{party}_memory")
+            out[f"{party}_peak_mb"] = reading.peak / MB if reading else None
+            out[f"{party}_saved_mb"] = reading.saved / MB if reading else None
+        return out
 
     def fail(self, client: Client, reason: str, phase: str) -> None:
         """Record a client's failure in this round and log it with the client's name."""
@@ -72,8 +93,13 @@ def hello(exchange: Exchange, node_ids: list[int], info: dict) -> list[Client]:
     return clients
 
 
-def train_round(exchange: Exchange, server: ServerHalf, clients: list[Client], config: RunConfig, round_number: int) -> RoundStats:
-    """Serve every client's uploads round-robin until all are done (or dropped)."""
+def train_round(exchange: Exchange, server: ServerHalf, clients: list[Client], config: RunConfig, round_number: int, probes: dict[int, int] | None = None) -> RoundStats:
+    """Serve every client's uploads round-robin until all are done (or dropped).
+
+    ``probes`` counts, per partition, the uploads already measured for the server's peak
+    memory across rounds; the first ``memory-probe`` of each client's are.
+    """
+    probes = {} if probes is None else probes
     stats = RoundStats()
     specs = server.upload_specs(activation_shape(config))
     pipelined = not server.replies_to_uploads
@@ -114,12 +140,26 @@ def train_round(exchange: Exchange, server: ServerHalf, clients: list[Client], c
             stats.peak_rss_mb = max(stats.peak_rss_mb, float(upload.info.get("peak_rss_mb", 0.0)))
             if pipelined and not done:
                 exchange.send(client.node_id, "train.step", request())
-            reply_packet = server.on_upload(client.index, upload) if upload.tensors else None
+            if "memory_peak_bytes" in upload.info:
+                stats.note_memory("client", MemoryReading(int(upload.info["memory_peak_bytes"]), int(upload.info["memory_saved_bytes"])))
+            reply_packet = _serve(server, client, upload, probes, stats) if upload.tensors else None
             if not pipelined and not done:
                 exchange.send(client.node_id, "train.step", request(reply_packet))
             if done:
                 active.remove(client)
     return stats
+
+
+def _serve(server: ServerHalf, client: Client, upload: Packet, probes: dict[int, int], stats: RoundStats) -> Packet | None:
+    """``server.on_upload``, measuring the server's peak memory on the first uploads."""
+    if probes.get(client.partition_id, 0) >= server.config.memory_probe:
+        return server.on_upload(client.index, upload)
+    probes[client.partition_id] = probes.get(client.partition_id, 0) + 1
+    received = tensor_bytes(t for group in upload.tensors.values() for t in group.values())
+    with measure([server.top], server.optimizer, held=received) as reading:
+        reply = server.on_upload(client.index, upload)
+    stats.note_memory("server", reading)
+    return reply
 
 
 def aggregate(exchange: Exchange, clients: list[Client], modules: dict[str, nn.Module], round_number: int, stats: RoundStats) -> dict[str, torch.Tensor] | None:

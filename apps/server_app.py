@@ -63,9 +63,10 @@ def main(grid: Grid, context: Context) -> None:
         )
     log(INFO, "flsplit: %s on %d clients, rounds %d..%d; results in %s", config.strategy, len(clients), first_round, config.num_server_rounds, writer.dir)
 
+    probes: dict[int, int] = {}  # uploads measured for peak memory, per partition
     for round_number in range(first_round, config.num_server_rounds + 1):
         started = time.perf_counter()
-        stats = rounds.train_round(exchange, server, clients, config, round_number)
+        stats = rounds.train_round(exchange, server, clients, config, round_number, probes)
         train_s = time.perf_counter() - started
         weights = rounds.aggregate(exchange, clients, slice_modules, round_number, stats) if config.aggregate_clients else None
         eval_started = time.perf_counter()
@@ -85,11 +86,13 @@ def main(grid: Grid, context: Context) -> None:
             "server_s": server.watch.take().get("server", 0.0),
             "comm_s": stats.comm_s,
             "train_messages": stats.messages,
+            "train_samples": stats.samples,
             "round_trip_s": stats.round_trip_s,
             "round_s": train_s,
             "eval_s": time.perf_counter() - eval_started,
             "client_peak_rss_mb": stats.peak_rss_mb,
             "server_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **stats.memory_metrics(),
             "failed_clients": sorted(stats.failures),
             "failures": [{"client": pid, "reason": why} for pid, why in sorted(stats.failures.items())],
         }

@@ -1,0 +1,92 @@
+"""The DSL paper's four claims beside what the reproduction runs measured (JSON and markdown)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from experiments.repro_results import Run
+from experiments.tables import markdown_table
+
+PAPER = {
+    "accuracy_gap_pts": "on a par with CSL (Fig. 4)",
+    "comm_ratio": "about 0.5: no gradients come back (Fig. 5)",
+    "client_memory_ratio": "down to 0.42 (58% lower) at cut s (Fig. 6)",
+    "server_memory_ratio": "down to 0.42 (58% lower) at cut s (Fig. 6)",
+    "time_ratio": "moderately above 1, most at cut s (Fig. 7)",
+}
+
+
+def compare(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per (dataset, N, cut) that has both a CSL and a DSL run: DSL relative to CSL."""
+    rows = []
+    keys = sorted({(r.dataset, r.clients, r.cut) for r in runs}, key=lambda k: (k[0], k[1], "smd".find(k[2]), k[2]))
+    for dataset, clients, cut in keys:
+        pair = {r.strategy: r for r in runs if (r.dataset, r.clients, r.cut) == (dataset, clients, cut)}
+        if not {"csl", "dsl"} <= set(pair):
+            continue
+        csl, dsl = pair["csl"], pair["dsl"]
+        csl_bytes, dsl_bytes = sum(csl.bytes_per_client()), sum(dsl.bytes_per_client())
+        rows.append(
+            {
+                "dataset": dataset,
+                "N": clients,
+                "cut": cut,
+                "csl_accuracy": csl.final("test_accuracy"),
+                "dsl_accuracy": dsl.final("test_accuracy"),
+                "dsl_aux_accuracy": dsl.final("aux_accuracy"),
+                "accuracy_gap_pts": 100 * (dsl.final("test_accuracy") - csl.final("test_accuracy")),
+                "csl_gb_per_client": csl_bytes / 1e9,
+                "dsl_gb_per_client": dsl_bytes / 1e9,
+                "comm_ratio": dsl_bytes / csl_bytes,
+                "csl_client_peak_mb": csl.peak_mb("client"),
+                "dsl_client_peak_mb": dsl.peak_mb("client"),
+                "client_memory_ratio": _ratio(dsl.peak_mb("client"), csl.peak_mb("client")),
+                "csl_server_peak_mb": csl.peak_mb("server"),
+                "dsl_server_peak_mb": dsl.peak_mb("server"),
+                "server_memory_ratio": _ratio(dsl.peak_mb("server"), csl.peak_mb("server")),
+                "csl_s_per_epoch": csl.seconds_per_epoch()["round_s"],
+                "dsl_s_per_epoch": dsl.seconds_per_epoch()["round_s"],
+                "time_ratio": dsl.seconds_per_epoch()["round_s"] / csl.seconds_per_epoch()["round_s"],
+            }
+        )
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each claim: the paper's statement and our mean and range over the grid (and at cut s)."""
+    out = []
+    for key, paper in PAPER.items():
+        values = [r[key] for r in rows if r[key] is not None]
+        shallow = [r[key] for r in rows if r["cut"] == "s" and r[key] is not None]
+        if not values:
+            continue
+        out.append(
+            {
+                "claim": key,
+                "paper": paper,
+                "measured_mean": sum(values) / len(values),
+                "measured_min": min(values),
+                "measured_max": max(values),
+                "mean_at_cut_s": sum(shallow) / len(shallow) if shallow else None,
+            }
+        )
+    return out
+
+
+def write_claims(runs: list[Run], out: Path) -> str:
+    """Write ``claims.json`` and ``claims.md`` under ``out``; return the markdown."""
+    rows = compare(runs)
+    if not rows:
+        return "no (CSL, DSL) pairs to compare yet\n"
+    summary = summarize(rows)
+    (out / "claims.json").write_text(json.dumps({"summary": summary, "pairs": rows}, indent=2))
+    text = "## The paper's claims against our runs\n\n" + markdown_table(summary)
+    text += "\n## DSL against CSL, per setting\n\n" + markdown_table(rows)
+    (out / "claims.md").write_text(text)
+    return text
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator is not None and denominator else None

@@ -1,0 +1,139 @@
+"""The reproduction driver's grid, presets, results reading, claims and figures (no training)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import reproduce
+from experiments.repro_claims import compare, write_claims
+from experiments.repro_figures import write_figures
+from experiments.repro_results import load_runs, run_is_complete
+from flsplit.config import parse_run_config
+from strategies import strategy_names
+
+ROUNDS = 3
+
+
+def _fake_run(root: Path, strategy: str, cut: str, clients: int) -> None:
+    """A finished run with round metrics of the shape the ServerApp writes."""
+    folder = root / f"cifar10-n{clients}-cut{cut}-{strategy}"
+    folder.mkdir(parents=True)
+    config = {"strategy": strategy, "cut": cut, "num_clients": clients, "dataset": "cifar10", "model": "resnet20", "aux-head": "pooled", "lr": 0.05, "batch-size": 128, "num-server-rounds": ROUNDS}
+    (folder / "config.json").write_text(json.dumps(config))
+    lines = []
+    for r in range(1, ROUNDS + 1):
+        up = 1e9 * clients
+        lines.append(
+            {
+                "round": r,
+                "test_accuracy": 0.3 + 0.1 * r + (0.01 if strategy == "csl" else 0.0),
+                "aux_accuracy": 0.25 + 0.1 * r if strategy == "dsl" else None,
+                "bytes_up": up,
+                "bytes_down": up if strategy == "csl" else 0,
+                "train_samples": 10_000,
+                "client_fwd_s": 4.0, "client_bwd_s": 6.0, "server_s": 8.0, "comm_s": 2.0 if strategy == "csl" else 1.0,
+                "round_s": 20.0 if strategy == "csl" else 25.0,
+                "client_peak_mb": (200.0 if strategy == "csl" else 150.0) if r == 1 else None,
+                "client_saved_mb": 120.0 if r == 1 else None,
+                "server_peak_mb": 100.0 if r == 1 else None,
+                "server_saved_mb": 60.0 if r == 1 else None,
+            }
+        )
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+
+
+@pytest.fixture
+def finished_grid(tmp_path: Path) -> Path:
+    runs = tmp_path / "out" / "runs"
+    for strategy in ("csl", "dsl"):
+        for cut in ("s", "d"):
+            for clients in (1, 5):
+                _fake_run(runs, strategy, cut, clients)
+    return tmp_path / "out"
+
+
+@pytest.mark.parametrize("preset", ["cpu", "paper"])
+def test_every_preset_run_config_is_valid_for_every_grid_point(preset: str, tmp_path: Path) -> None:
+    # Prepare
+    loaded = reproduce.load_preset(preset)
+    # Execute
+    points = reproduce.grid_points(loaded["grid"])
+    configs = [reproduce.run_config(loaded, p, "/data", tmp_path) for p in points]
+    # Assert
+    assert len(points) == len({p.name for p in points}) == 18 * len(loaded["grid"]["datasets"])
+    for config in configs:
+        parse_run_config(config, strategies=strategy_names())
+
+
+def test_cpu_preset_splits_samples_per_round_over_the_clients(tmp_path: Path) -> None:
+    # Prepare
+    preset = reproduce.load_preset("cpu")
+    # Execute
+    batches = {n: reproduce.run_config(preset, reproduce.GridPoint("cifar10", n, "s", "dsl"), "", tmp_path)["max-batches"] for n in (1, 5, 10)}
+    # Assert: N clients together see samples-per-round images per round
+    assert batches == {1: 62, 5: 12, 10: 6}
+
+
+def test_run_config_text_round_trips_through_toml() -> None:
+    # Prepare
+    import tomllib
+
+    config = {"strategy": "dsl", "lr": 0.05, "aggregate-clients": False, "max-batches": 8}
+    # Execute
+    text = reproduce.as_cli(config)
+    # Assert
+    assert tomllib.loads(text.replace(" ", "\n")) == config
+
+
+def test_a_run_counts_as_done_only_with_all_its_rounds(finished_grid: Path) -> None:
+    # Prepare
+    run = finished_grid / "runs" / "cifar10-n1-cuts-csl"
+    # Execute / Assert
+    assert run_is_complete(run, ROUNDS)
+    assert not run_is_complete(run, ROUNDS + 1)
+    assert not run_is_complete(finished_grid / "runs" / "missing", 1)
+
+
+def test_claims_compare_dsl_with_csl_from_the_recorded_numbers(finished_grid: Path) -> None:
+    # Prepare
+    runs = load_runs(finished_grid / "runs")
+    # Execute
+    rows = compare(runs)
+    # Assert
+    assert len(rows) == 4
+    row = rows[0]
+    assert (row["N"], row["cut"]) == (1, "s")
+    assert row["comm_ratio"] == pytest.approx(0.5)
+    assert row["accuracy_gap_pts"] == pytest.approx(-1.0)
+    assert row["client_memory_ratio"] == pytest.approx(0.75)
+    assert row["time_ratio"] == pytest.approx(1.25)
+    assert row["csl_gb_per_client"] == pytest.approx(2 * ROUNDS)
+
+
+def test_plot_only_draws_four_figures_and_the_claims_without_training(finished_grid: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare
+    monkeypatch.setattr(sys, "argv", ["reproduce", "--preset", "cpu", "--plot-only", "--out", str(finished_grid)])
+    monkeypatch.setattr(reproduce, "run_grid", lambda *a, **k: pytest.fail("--plot-only must not train"))
+    # Execute
+    reproduce.main()
+    # Assert
+    pngs = sorted(p.name for p in finished_grid.glob("*.png"))
+    assert pngs == [f"{name}_cifar10.png" for name in ("fig4_accuracy", "fig5_communication", "fig6_memory", "fig7_time")]
+    assert all((finished_grid / p).stat().st_size > 20_000 for p in pngs)
+    claims = json.loads((finished_grid / "claims.json").read_text())
+    assert {c["claim"] for c in claims["summary"]} >= {"accuracy_gap_pts", "comm_ratio", "time_ratio"}
+
+
+def test_write_figures_makes_one_file_per_figure_and_dataset(finished_grid: Path, tmp_path: Path) -> None:
+    # Prepare
+    runs = load_runs(finished_grid / "runs")
+    # Execute
+    paths = write_figures(runs, tmp_path / "figs", "test")
+    write_claims(runs, tmp_path / "figs")
+    # Assert
+    assert len(paths) == 4 and all(p.exists() for p in paths)
+    assert (tmp_path / "figs" / "claims.md").read_text().count("|") > 20
