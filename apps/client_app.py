@@ -83,7 +83,7 @@ def train_step(msg: Message, context: Context) -> Message:
         client.counters["round"] = round_number
         client.counters["round_end"] = client.counters["step"] + _quota(config, client.loader.batches_per_epoch)
     upload = _train_measured(half, request, client, config)
-    save_slice(context, client)
+    save_slice(context, client, config.client_cache)
     timings = client.watch.take()
     upload.info |= {
         "fwd_s": timings.get("fwd", 0.0),
@@ -130,7 +130,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     request = decode(msg.content, specs, same_batch=False)
     if "weights" in request.tensors:
         load_weights(client.modules(), request.tensors["weights"])
-        save_slice(context, client)
+        save_slice(context, client, config.client_cache)
     if "checkpoint_round" in request.info:
         write_checkpoint(context, client, int(request.info["checkpoint_round"]))
     if not request.info.get("evaluate", True):

@@ -11,6 +11,7 @@ serve stale weights.
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,7 +28,9 @@ from strategies import ClientSlice
 
 WEIGHTS, MOMENTUM, COUNTERS = "flsplit.weights", "flsplit.momentum", "flsplit.counters"
 RUN = "flsplit.run"  # where this run keeps client checkpoints
-_LIVE: dict[tuple[int, int], tuple[str, ClientSlice]] = {}
+# Most recently used first out: a CSL slice holds its pending autograd graph (tens of MB), so
+# an unbounded cache grows with the number of nodes a simulation worker serves.
+_LIVE: OrderedDict[tuple[int, int], tuple[str, ClientSlice]] = OrderedDict()
 
 
 def partition_of(context: Context) -> tuple[int, int]:
@@ -89,6 +92,7 @@ def load_slice(context: Context, config: RunConfig, with_aux: bool, fresh: bool 
     version = str(counters["version"]) if counters is not None else None
     cached = _LIVE.get(key)
     if cached is not None and version is not None and cached[0] == version:
+        _LIVE.move_to_end(key)
         return cached[1]
     bottom, _, aux = build_halves(config)
     head = aux if with_aux else None
@@ -99,14 +103,22 @@ def load_slice(context: Context, config: RunConfig, with_aux: bool, fresh: bool 
     return client
 
 
-def save_slice(context: Context, client: ClientSlice) -> None:
-    """Write the slice to the node's state and make it the cached current version."""
+def save_slice(context: Context, client: ClientSlice, keep: int = 8) -> None:
+    """Write the slice to the node's state and make it the cached current version.
+
+    The process keeps at most ``keep`` slices live (the ``client-cache`` key); an evicted
+    node's next message rebuilds its slice from the state.
+    """
     version = uuid.uuid4().hex
     snapshot = _snapshot(client)
     context.state[WEIGHTS] = ArrayRecord({k: Array(v.numpy()) for k, v in snapshot["weights"].items()})
     context.state[MOMENTUM] = ArrayRecord({k: Array(v.numpy()) for k, v in snapshot["momentum"].items()})
     context.state[COUNTERS] = ConfigRecord({**client.counters, "version": version})
-    _LIVE[(context.run_id, context.node_id)] = (version, client)
+    key = (context.run_id, context.node_id)
+    _LIVE[key] = (version, client)
+    _LIVE.move_to_end(key)
+    while len(_LIVE) > keep:
+        _LIVE.popitem(last=False)
 
 
 def _checkpoint_path(context: Context, round_number: int) -> Path:
@@ -132,7 +144,7 @@ def restore_checkpoint(context: Context, config: RunConfig, with_aux: bool, roun
         if candidate.exists():
             client = load_slice(context, config, with_aux, fresh=True)
             _apply_snapshot(client, checkpoint.load(candidate))
-            save_slice(context, client)
+            save_slice(context, client, config.client_cache)
             return
     raise FileNotFoundError(f"resume: no checkpoint at {candidate} or the round before")
 

@@ -56,6 +56,7 @@ class RunConfig(BaseModel):
     resume: bool = False
     wire_dtype: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     memory_probe: int = Field(3, ge=0)
+    client_cache: int = Field(8, ge=0)
 
     @field_validator("strategy")
     @classmethod

@@ -60,3 +60,23 @@ def test_cache_serves_the_live_slice_only_while_it_is_the_saved_version() -> Non
     client_state.save_slice(other, newer)
     client_state._LIVE[(1, 7)] = ("stale-version", client)
     assert client_state.load_slice(context, config, with_aux=False) is not client
+
+
+def test_cache_keeps_only_the_most_recently_used_slices() -> None:
+    # Prepare
+    raw = {"dataset": "synthetic", "model": "resnet20", "cut": 2}
+    config = parse_run_config(raw)
+    client_state._LIVE.clear()
+    contexts = [_context(raw) for _ in range(3)]
+    for node_id, context in enumerate(contexts):
+        context.node_id = node_id
+    slices = [client_state.load_slice(c, config, with_aux=False) for c in contexts]
+    # Execute: node 0 is used again after node 1, so node 1 is the least recently used
+    client_state.save_slice(contexts[0], slices[0], keep=2)
+    client_state.save_slice(contexts[1], slices[1], keep=2)
+    assert client_state.load_slice(contexts[0], config, with_aux=False) is slices[0]
+    client_state.save_slice(contexts[2], slices[2], keep=2)
+    # Assert
+    assert [node for _, node in client_state._LIVE] == [0, 2]
+    assert client_state.load_slice(contexts[1], config, with_aux=False) is not slices[1]
+    assert client_state.load_slice(contexts[2], config, with_aux=False) is slices[2]
