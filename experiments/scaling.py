@@ -2,7 +2,8 @@
 
 Through ``flwr run`` in simulation on real CIFAR-10 (IID), the same number of batches per round
 in total, split across N clients: N in 1, 2, 5, 10, 20 at resnet20, and depth resnet56/110 at
-N = 2. Round 2 is timed (round 1 warms the workers up). Writes ``experiments/results/scaling.json``
+N = 2. Round 2 is timed (round 1 warms the workers up); the parties' peak training memory is
+probed in round 1 (``flsplit.memory``), the processes' RSS high-water marks at the end. Writes ``experiments/results/scaling.json``
 and ``scaling.md``.
 
     python -m experiments.scaling --data-dir ../shared/data
@@ -40,7 +41,8 @@ def main() -> None:
             )
             if done.returncode != 0:
                 raise SystemExit(done.stdout[-3000:] + done.stderr[-3000:])
-            last = read_metrics(Path(tmp) / name / "metrics.jsonl")[-1]
+            metrics = read_metrics(Path(tmp) / name / "metrics.jsonl")
+            first, last = metrics[0], metrics[-1]  # the memory probe runs in round 1
             rows.append(
                 {
                     "strategy": strategy,
@@ -50,6 +52,8 @@ def main() -> None:
                     "round_s": last["round_s"],
                     "s_per_batch": last["round_s"] / (max(1, args.batches // clients) * clients),
                     "train_messages": last["train_messages"],
+                    "server_party_peak_mb": first["server_peak_mb"],
+                    "client_party_peak_mb": first["client_peak_mb"],
                     "server_peak_rss_mb": last["server_peak_rss_mb"],
                     "client_peak_rss_mb": last["client_peak_rss_mb"],
                 }
