@@ -137,3 +137,17 @@ def test_write_figures_makes_one_file_per_figure_and_dataset(finished_grid: Path
     # Assert
     assert len(paths) == 4 and all(p.exists() for p in paths)
     assert (tmp_path / "figs" / "claims.md").read_text().count("|") > 20
+
+
+def test_time_per_epoch_comes_from_the_fastest_round_after_the_first(finished_grid: Path) -> None:
+    # Prepare: round 3 of one run was not slowed down by anything else on the machine
+    path = finished_grid / "runs" / "cifar10-n1-cuts-dsl" / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0]["round_s"], rows[2]["round_s"], rows[2]["comm_s"] = 1.0, 10.0, 0.5
+    path.write_text("".join(json.dumps(m) + "\n" for m in rows))
+    # Execute
+    run = next(r for r in load_runs(finished_grid / "runs") if (r.strategy, r.clients, r.cut) == ("dsl", 1, "s"))
+    seconds = run.seconds_per_epoch()
+    # Assert: round 1 is never used; 10,000 samples per round = 1/5 of an epoch
+    assert seconds["round_s"] == pytest.approx(50.0)
+    assert seconds["comm_s"] == pytest.approx(2.5)
