@@ -1,6 +1,6 @@
 """Split-learning strategies, one module each, selected by the ``strategy`` run-config key."""
 
-from strategies import csl, dsl  # noqa: F401 - importing registers them
+from strategies import csl, dsl, fsl_sage  # noqa: F401 - importing registers them
 from strategies.base import (
     ClientHalf,
     ClientSlice,
