@@ -1,6 +1,14 @@
 """Split-learning strategies, one module each, selected by the ``strategy`` run-config key."""
 
-from strategies import csl, dsl, fsl_sage  # noqa: F401 - importing registers them
+from strategies import (  # noqa: F401 - importing registers them
+    cse_fsl,
+    csl,
+    dsl,
+    fedavg,
+    fsl_sage,
+    splitfed_v1,
+    splitfed_v2,
+)
 from strategies.base import (
     ClientHalf,
     ClientSlice,
