@@ -6,6 +6,7 @@ from strategies import (  # noqa: F401 - importing registers them
     dsl,
     fedavg,
     fsl_sage,
+    hybrid,
     splitfed_v1,
     splitfed_v2,
 )

@@ -99,7 +99,7 @@ def test_dsl_chunks_are_bounded_in_bytes() -> None:
 
 
 def test_registry_names_and_dotted_plugin_paths() -> None:
-    assert {"csl", "dsl"} <= set(strategy_names())
+    assert {"csl", "dsl", "fsl-sage", "cse-fsl", "splitfed-v1", "splitfed-v2", "hybrid", "fedavg"} <= set(strategy_names())
     assert get_strategy("strategies.dsl:DSL") is get_strategy("dsl")
     with pytest.raises(ValueError, match="unknown strategy"):
         get_strategy("nope")
