@@ -57,7 +57,7 @@ def hello(msg: Message, context: Context) -> Message:
     if "clients_dir" in request.info:
         context.state[RUN] = ConfigRecord({"clients_dir": str(request.info["clients_dir"])})
     if "restore_round" in request.info:
-        restore_checkpoint(context, config, get_strategy(config.strategy).uses_aux_head, int(request.info["restore_round"]))
+        restore_checkpoint(context, config, get_strategy(config.strategy), int(request.info["restore_round"]))
     loader = client_loader(context, config)
     info = {
         "partition_id": partition_id,
@@ -75,12 +75,13 @@ def train_step(msg: Message, context: Context) -> Message:
     config = run_config(context)
     strategy = get_strategy(config.strategy)
     half = strategy.client(config)
-    client = load_slice(context, config, strategy.uses_aux_head)
+    client = load_slice(context, config, strategy)
     specs = half.download_specs(activation_shape(config)) if msg.content.array_records else []
     request = decode(msg.content, specs, wire_dtype=config.wire_dtype)
     round_number = int(request.info["round"])  # type: ignore[arg-type]
     if round_number != client.counters["round"]:
         client.counters["round"] = round_number
+        client.counters["round_start"] = client.counters["step"]
         client.counters["round_end"] = client.counters["step"] + _quota(config, client.loader.batches_per_epoch)
     upload = _train_measured(half, request, client, config)
     save_slice(context, client, config.client_cache)
@@ -112,10 +113,11 @@ def _train_measured(half: ClientHalf, request: Packet, client: ClientSlice, conf
 
 @app.train("sync")
 def sync(msg: Message, context: Context) -> Message:
-    """Upload the slice (and head) for aggregation, weighted by the number of examples."""
+    """Upload the modules the strategy averages, weighted by the number of examples."""
     config = run_config(context)
-    client = load_slice(context, config, get_strategy(config.strategy).uses_aux_head)
-    content = encode(Packet({"weights": weights_of(client.modules())}))
+    strategy = get_strategy(config.strategy)
+    client = load_slice(context, config, strategy)
+    content = encode(Packet({"weights": weights_of(strategy.synced_modules(client.modules()))}))
     content["metrics"] = MetricRecord({"num-examples": len(client.loader)})
     return Message(content, reply_to=msg)
 
@@ -125,11 +127,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Load aggregated weights if sent; then run a chunk of the test split through the slice."""
     config = run_config(context)
     strategy = get_strategy(config.strategy)
-    client = load_slice(context, config, strategy.uses_aux_head)
-    specs = weight_specs(client.modules()) if "weights" in msg.content.array_records else []
+    client = load_slice(context, config, strategy)
+    synced = strategy.synced_modules(client.modules())
+    specs = weight_specs(synced) if "weights" in msg.content.array_records else []
     request = decode(msg.content, specs, same_batch=False)
     if "weights" in request.tensors:
-        load_weights(client.modules(), request.tensors["weights"])
+        load_weights(synced, request.tensors["weights"])
         save_slice(context, client, config.client_cache)
     if "checkpoint_round" in request.info:
         write_checkpoint(context, client, int(request.info["checkpoint_round"]))

@@ -22,9 +22,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flsplit import checkpoint
 from flsplit.config import RunConfig
 from flsplit.data import Dataset, PartitionLoader, load_dataset, partition_indices
-from flsplit.split import build_halves, sgd
+from flsplit.split import sgd
 from flsplit.wire import load_weights, weights_of
-from strategies import ClientSlice
+from strategies import ClientSlice, SplitStrategy
 
 WEIGHTS, MOMENTUM, COUNTERS = "flsplit.weights", "flsplit.momentum", "flsplit.counters"
 RUN = "flsplit.run"  # where this run keeps client checkpoints
@@ -82,7 +82,7 @@ def client_loader(context: Context, config: RunConfig) -> PartitionLoader:
     return PartitionLoader(_dataset(config.dataset, data_dir, config.seed), indices, config.batch_size, config.seed, partition_id)
 
 
-def load_slice(context: Context, config: RunConfig, with_aux: bool, fresh: bool = False) -> ClientSlice:
+def load_slice(context: Context, config: RunConfig, strategy: type[SplitStrategy], fresh: bool = False) -> ClientSlice:
     """The node's current slice: from the process cache if current, else rebuilt from state.
 
     ``fresh`` ignores any saved state and returns the seeded initial slice.
@@ -94,8 +94,8 @@ def load_slice(context: Context, config: RunConfig, with_aux: bool, fresh: bool 
     if cached is not None and version is not None and cached[0] == version:
         _LIVE.move_to_end(key)
         return cached[1]
-    bottom, _, aux = build_halves(config)
-    head = aux if with_aux else None
+    modules = strategy.client_modules(config)
+    bottom, head = modules["bottom"], modules.get("aux")
     params = list(bottom.parameters()) + (list(head.parameters()) if head is not None else [])
     client = ClientSlice(bottom, head, sgd(params, config), client_loader(context, config), {"step": 0, "round_end": 0, "round": 0})
     if counters is not None:
@@ -134,7 +134,7 @@ def write_checkpoint(context: Context, client: ClientSlice, round_number: int) -
     stale.unlink(missing_ok=True)
 
 
-def restore_checkpoint(context: Context, config: RunConfig, with_aux: bool, round_number: int) -> None:
+def restore_checkpoint(context: Context, config: RunConfig, strategy: type[SplitStrategy], round_number: int) -> None:
     """Load this partition's newest checkpoint from ``round_number`` or the round before.
 
     A client that failed in the last round has no checkpoint of it and continues from the
@@ -142,7 +142,7 @@ def restore_checkpoint(context: Context, config: RunConfig, with_aux: bool, roun
     """
     for candidate in (_checkpoint_path(context, round_number), _checkpoint_path(context, round_number - 1)):
         if candidate.exists():
-            client = load_slice(context, config, with_aux, fresh=True)
+            client = load_slice(context, config, strategy, fresh=True)
             _apply_snapshot(client, checkpoint.load(candidate))
             save_slice(context, client, config.client_cache)
             return

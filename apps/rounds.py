@@ -12,15 +12,15 @@ from logging import ERROR, WARNING
 import torch
 import torch.nn.functional as F
 from flwr.common.logger import log
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import Strategy
 from torch import nn
 
+from flsplit.aggregation import aggregate_replies
 from flsplit.config import RunConfig
 from flsplit.memory import MemoryReading, measure, tensor_bytes
 from flsplit.split import activation_shape
-from flsplit.wire import Packet, PayloadError, as_float32_weights, weight_specs
+from flsplit.wire import Packet, PayloadError, weight_specs
 from strategies import ServerHalf
-from strategies.base import batch_sizes
 from apps.exchange import Exchange
 
 MB = 1 << 20
@@ -46,7 +46,7 @@ class RoundStats:
     round_trip_s: float = 0.0
     messages: int = 0
     aux_loss_sum: float = 0.0
-    samples: int = 0
+    samples: int = 0  # samples the clients trained on (the denominator of aux_loss_sum)
     peak_rss_mb: float = 0.0  # highest resident set of any client process (whole process)
     client_memory: MemoryReading | None = None  # highest probed peak of any client (flsplit.memory)
     server_memory: MemoryReading | None = None
@@ -104,14 +104,15 @@ def train_round(exchange: Exchange, server: ServerHalf, clients: list[Client], c
     specs = server.upload_specs(activation_shape(config))
     pipelined = not server.replies_to_uploads
     active = list(clients)
+    server.begin_round(round_number)
 
-    def request(packet: Packet | None = None) -> Packet:
-        packet = packet or server.request()
+    def request(client: Client, packet: Packet | None = None) -> Packet:
+        packet = packet or server.request(client.index)
         packet.info["round"] = round_number
         return packet
 
     for client in active:
-        exchange.send(client.node_id, "train.step", request())
+        exchange.send(client.node_id, "train.step", request(client))
     while active:
         for client in list(active):
             reply = exchange.receive(client.node_id, specs)
@@ -119,8 +120,7 @@ def train_round(exchange: Exchange, server: ServerHalf, clients: list[Client], c
             try:
                 if upload is None:
                     raise PayloadError(reply.error or "no reply")
-                if upload.tensors:
-                    batch_sizes(upload, len(upload.tensors["labels"]["y"]), config.batch_size)
+                server.check_upload(upload)
             except PayloadError as err:
                 stats.fail(client, str(err), "training")
                 exchange.abandon(client.node_id)
@@ -136,15 +136,16 @@ def train_round(exchange: Exchange, server: ServerHalf, clients: list[Client], c
             stats.round_trip_s += reply.round_trip_s
             stats.messages += 1
             stats.aux_loss_sum += float(upload.info.get("aux_loss_sum", 0.0))
-            stats.samples += len(upload.tensors["labels"]["y"]) if upload.tensors else 0
+            uploaded = len(upload.tensors["labels"]["y"]) if upload.tensors else 0
+            stats.samples += int(upload.info.get("local_samples", uploaded))
             stats.peak_rss_mb = max(stats.peak_rss_mb, float(upload.info.get("peak_rss_mb", 0.0)))
             if pipelined and not done:
-                exchange.send(client.node_id, "train.step", request())
+                exchange.send(client.node_id, "train.step", request(client))
             if "memory_peak_bytes" in upload.info:
                 stats.note_memory("client", MemoryReading(int(upload.info["memory_peak_bytes"]), int(upload.info["memory_saved_bytes"])))
             reply_packet = _serve(server, client, upload, probes, stats) if upload.tensors else None
             if not pipelined and not done:
-                exchange.send(client.node_id, "train.step", request(reply_packet))
+                exchange.send(client.node_id, "train.step", request(client, reply_packet))
             if done:
                 active.remove(client)
     return stats
@@ -162,8 +163,8 @@ def _serve(server: ServerHalf, client: Client, upload: Packet, probes: dict[int,
     return reply
 
 
-def aggregate(exchange: Exchange, clients: list[Client], modules: dict[str, nn.Module], round_number: int, stats: RoundStats) -> dict[str, torch.Tensor] | None:
-    """FedAvg of the client slices (and heads) with Flower's own strategy."""
+def aggregate(exchange: Exchange, clients: list[Client], modules: dict[str, nn.Module], round_number: int, stats: RoundStats, aggregator: Strategy) -> dict[str, torch.Tensor] | None:
+    """Average the client ``modules`` with a Flower strategy's ``aggregate_train`` (FedAvg by default)."""
     live = [c for c in clients if c.partition_id not in stats.failures]
     for client in live:
         exchange.send(client.node_id, "train.sync", Packet(info={"round": round_number}))
@@ -178,10 +179,7 @@ def aggregate(exchange: Exchange, clients: list[Client], modules: dict[str, nn.M
     if not replies:
         log(WARNING, "round %d: no client slice to aggregate", round_number)
         return None
-    arrays, _ = FedAvg().aggregate_train(round_number, replies)
-    if arrays is None:
-        return None
-    return {k: torch.from_numpy(v.numpy().copy()) for k, v in as_float32_weights(arrays).items()}
+    return aggregate_replies(aggregator, round_number, replies)
 
 
 def evaluate(exchange: Exchange, server: ServerHalf, clients: list[Client], config: RunConfig, weights: dict[str, torch.Tensor] | None, stats: RoundStats, checkpoint: dict) -> dict[str, float | None]:

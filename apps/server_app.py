@@ -15,6 +15,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from flsplit import checkpoint
+from flsplit.aggregation import build_aggregator
 from flsplit.config import ConfigError, RunConfig, parse_run_config
 from flsplit.ledger import Ledger
 from flsplit.results import ResultsWriter
@@ -35,9 +36,10 @@ def main(grid: Grid, context: Context) -> None:
     """Train for ``num-server-rounds`` rounds and write ``config.json`` and ``metrics.jsonl``."""
     config = parse_run_config(context.run_config, strategies=strategy_names())
     strategy = get_strategy(config.strategy)
-    bottom, top, aux = build_halves(config)
+    _, top, _ = build_halves(config)
     server = strategy.server(top, sgd(list(top.parameters()), config), config)
-    slice_modules = {"bottom": bottom} | ({"aux": aux} if strategy.uses_aux_head else {})
+    slice_modules = strategy.synced_modules(strategy.client_modules(config))
+    aggregator = build_aggregator(config.aggregation)
     ledger = Ledger()
     writer = ResultsWriter(config.results_dir, _run_name(config))
     restored = _resume(config, writer, server, ledger) if config.resume else None
@@ -68,7 +70,8 @@ def main(grid: Grid, context: Context) -> None:
         started = time.perf_counter()
         stats = rounds.train_round(exchange, server, clients, config, round_number, probes)
         train_s = time.perf_counter() - started
-        weights = rounds.aggregate(exchange, clients, slice_modules, round_number, stats) if config.aggregate_clients else None
+        weights = rounds.aggregate(exchange, clients, slice_modules, round_number, stats, aggregator) if strategy.aggregates(config) else None
+        server.end_round(round_number, weights)
         eval_started = time.perf_counter()
         evaluation = rounds.evaluate(
             exchange, server, clients, config, weights, stats, {"checkpoint_round": round_number}
@@ -136,8 +139,7 @@ def _checkpoint(writer: ResultsWriter, server: ServerHalf, ledger: Ledger, weigh
     checkpoint.save_atomic(
         {
             "round": round_number,
-            "top": server.top.state_dict(),
-            "optimizer": server.optimizer.state_dict(),
+            **server.state_dict(),
             "aggregated_slice": weights,
             "ledger": ledger.state(),
             "rng": checkpoint.rng_states(),
@@ -163,8 +165,7 @@ def _resume(config: RunConfig, writer: ResultsWriter, server: ServerHalf, ledger
             + "\n  - ".join(f"{k}: {config.as_run_config()[k]!r} differs from the checkpointed run's {saved_config.get(k)!r}" for k in changed)
         )
     state = checkpoint.load(path)
-    server.top.load_state_dict(state["top"])
-    server.optimizer.load_state_dict(state["optimizer"])
+    server.load_state_dict(state)
     ledger.restore(state["ledger"])
     checkpoint.set_rng_states(state["rng"])
     writer.rewrite(state["metrics"])

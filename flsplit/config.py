@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from flsplit.aggregation import check_aggregation
 from flsplit.models import head_names, resolve_cut
 
 
@@ -57,6 +58,15 @@ class RunConfig(BaseModel):
     wire_dtype: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     memory_probe: int = Field(3, ge=0)
     client_cache: int = Field(8, ge=0)
+    aggregation: str = "FedAvg"
+    upload_every: int = Field(5, ge=1)
+    align_every: int = Field(10, ge=1)
+    align_buffer: int = Field(1000, ge=1)
+    align_epochs: int = Field(100, ge=1)
+    align_lr: float = Field(1e-3, gt=0)
+    hybrid_lambda: float = Field(0.1, ge=0)
+    hybrid_k: int = Field(5, ge=1)
+    hybrid_aux_weight: float = Field(1.0, ge=0)
 
     @field_validator("strategy")
     @classmethod
@@ -64,6 +74,21 @@ class RunConfig(BaseModel):
         known = (info.context or {}).get("strategies")
         if known is not None and value not in known and "." not in value:
             raise ValueError(f"unknown strategy '{value}'; choose one of {sorted(known)}")
+        return value
+
+    @field_validator("aggregation")
+    @classmethod
+    def _known_aggregation(cls, value: str) -> str:
+        return check_aggregation(value)  # raises ValueError naming the supported strategies
+
+    @field_validator("hybrid_aux_weight")
+    @classmethod
+    def _hybrid_client_has_a_loss(cls, value: float, info: ValidationInfo) -> float:
+        if value == 0 and info.data.get("hybrid_lambda") == 0 and info.data.get("strategy") == "hybrid":
+            raise ValueError(
+                "with hybrid-lambda = 0 too, the hybrid client has no loss to train on; "
+                "set hybrid-aux-weight > 0 (DSL-like) or hybrid-lambda > 0 (CSL-like)"
+            )
         return value
 
     @field_validator("cut", mode="before")

@@ -3,7 +3,8 @@
 Training traffic and evaluation traffic are kept apart, and so are tensor payloads
 (activations, labels, gradients, weights) and control records (round numbers, flags,
 timings), so ``bytes_up``/``bytes_down`` mean what the papers count: the tensors that
-training puts on the wire, as Flower serializes them.
+training puts on the wire, as Flower serializes them. Every tensor kind has its own line
+(labels too, which FSL-SAGE's reference counter leaves out).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Ledger:
             "bytes_up_labels": total("up", "labels"),
             "bytes_down_gradients": total("down", "gradients"),
             "bytes_model_sync": total(None, "weights"),
+            "bytes_down_aux_model": total("down", "aux_model"),
             "bytes_control_up": total("up", "control"),
             "bytes_control_down": total("down", "control"),
             "bytes_eval_up": total("up", phase="eval"),

@@ -1,8 +1,8 @@
 """Tensors <-> Flower message records, with validation of everything received.
 
 A message's content is a ``Packet``: tensors grouped by *kind* (``activations``, ``labels``,
-``gradients``, ``weights``), each kind one ``ArrayRecord``, plus scalar ``info`` in a
-``ConfigRecord``. Grouping by kind is what lets the ledger count each kind as its own line.
+``gradients``, ``weights``, ``aux_model``), each kind one ``ArrayRecord``, plus scalar ``info``
+in a ``ConfigRecord``. Grouping by kind is what lets the ledger count each kind as its own line.
 Nothing decoded reaches a model before its keys, dtype, shape, finiteness and label range
 have been checked; a bad payload raises ``PayloadError`` naming the problem.
 """
@@ -21,7 +21,9 @@ from torch import nn
 from flsplit.compression import COMPRESSIBLE_KINDS, SCALE_SUFFIX, compress, decompress, part_dtypes
 
 INFO = "info"
-KINDS = ("activations", "labels", "gradients", "weights")
+KINDS = ("activations", "labels", "gradients", "weights", "aux_model")
+#: Kinds that hold one row per sample, so their first dimensions must agree within a message.
+BATCH_KINDS = ("activations", "labels", "gradients")
 
 Info = dict[str, int | float | str | bool | list[int]]
 
@@ -76,8 +78,8 @@ def decode(
     """Validate ``content`` against ``specs`` and return it as a packet.
 
     Every spec'd tensor must be present (in ``wire_dtype`` for activations and gradients), no
-    other tensor may be, and with ``same_batch`` all tensors share their first dimension
-    (activations and labels of one batch).
+    other tensor may be, and with ``same_batch`` all per-sample tensors (``BATCH_KINDS``) share
+    their first dimension (activations and labels of one batch).
     """
     if INFO not in content.config_records:
         raise PayloadError("payload has no 'info' record")
@@ -107,7 +109,7 @@ def decode(
         else:
             packet.tensors[kind] = {name: _decode_array(record[name], spec) for name, spec in wanted.items()}
     if same_batch:
-        sizes = {f"{k}.{n}": t.shape[0] for k, ts in packet.tensors.items() for n, t in ts.items()}
+        sizes = {f"{k}.{n}": t.shape[0] for k, ts in packet.tensors.items() if k in BATCH_KINDS for n, t in ts.items()}
         if len(set(sizes.values())) > 1:
             raise PayloadError(f"batch-size mismatch between tensors: {sizes}")
     return packet
@@ -176,10 +178,10 @@ def module_state(module: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def weight_specs(modules: Mapping[str, nn.Module]) -> list[TensorSpec]:
-    """Specs that a weights record for ``modules`` (prefix -> module) must satisfy."""
+def weight_specs(modules: Mapping[str, nn.Module], kind: str = "weights") -> list[TensorSpec]:
+    """Specs that a ``kind`` record of weights for ``modules`` (prefix -> module) must satisfy."""
     return [
-        TensorSpec("weights", f"{prefix}.{name}", value.dtype, tuple(value.shape))
+        TensorSpec(kind, f"{prefix}.{name}", value.dtype, tuple(value.shape))
         for prefix, module in modules.items()
         for name, value in module_state(module).items()
     ]
@@ -200,7 +202,3 @@ def load_weights(modules: Mapping[str, nn.Module], weights: Mapping[str, torch.T
         own = {k[len(prefix) + 1 :]: v for k, v in weights.items() if k.startswith(prefix + ".")}
         module.load_state_dict(own, strict=False)
 
-
-def as_float32_weights(record: ArrayRecord) -> ArrayRecord:
-    """Cast aggregated arrays (which FedAvg may widen to float64) back to float32."""
-    return ArrayRecord({k: Array(v.numpy().astype(np.float32)) for k, v in record.items()})

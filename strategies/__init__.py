@@ -1,6 +1,15 @@
 """Split-learning strategies, one module each, selected by the ``strategy`` run-config key."""
 
-from strategies import csl, dsl  # noqa: F401 - importing registers them
+from strategies import (  # noqa: F401 - importing registers them
+    cse_fsl,
+    csl,
+    dsl,
+    fedavg,
+    fsl_sage,
+    hybrid,
+    splitfed_v1,
+    splitfed_v2,
+)
 from strategies.base import (
     ClientHalf,
     ClientSlice,

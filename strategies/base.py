@@ -2,7 +2,13 @@
 
 A strategy is the algorithm only. The apps move its packets as Flower messages, persist the
 client's state between messages, count bytes and run evaluation; a strategy never sees a
-Grid, a Message or a Context.
+Grid, a Message or a Context. ``docs/strategies.md`` describes the contract for plug-ins.
+
+A round, as the apps drive it: ``ServerHalf.begin_round``; then, per client, a request from
+``ServerHalf.request`` and an exchange of ``ClientHalf.train`` uploads and
+``ServerHalf.on_upload`` replies until the client says it is done; then, if the strategy
+aggregates, the client modules named by ``SplitStrategy.aggregated_modules`` are averaged
+with the Flower strategy named by the ``aggregation`` key; then ``ServerHalf.end_round``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from torch import nn
 from flsplit.config import RunConfig
 from flsplit.data import PartitionLoader
 from flsplit.metering import Stopwatch
+from flsplit.split import build_halves
 from flsplit.wire import Packet, PayloadError, TensorSpec
 
 
@@ -26,8 +33,10 @@ from flsplit.wire import Packet, PayloadError, TensorSpec
 class ClientSlice:
     """A client's trainable state between messages.
 
-    ``counters`` (``step``: next batch; ``round_end``: first batch of the next round, plus
-    whatever a strategy adds) are persisted with the weights and optimizer. ``live`` holds
+    ``counters`` (``step``: next batch; ``round_start``/``round_end``: first batch of this
+    round and of the next, plus whatever a strategy adds) are persisted with the weights and
+    optimizer. ``aux`` is the client's second trainable module, if the strategy has one (an
+    auxiliary head; for ``fedavg`` the rest of the network). ``live`` holds
     in-process objects such as an autograd graph; it is empty whenever the slice was rebuilt
     from persisted state in another process, and a strategy must cope with that.
     """
@@ -51,6 +60,10 @@ class ClientSlice:
             return None
         self.counters["step"] = step + 1
         return (step, *self.loader.batch(step))
+
+    def local_iteration(self, step: int) -> int:
+        """Position of batch ``step`` within this round (0 for the round's first batch)."""
+        return step - self.counters.get("round_start", 0)
 
 
 class ClientHalf(ABC):
@@ -80,13 +93,28 @@ class ServerHalf(ABC):
         self.watch = Stopwatch()
         self._loss_sum, self._correct, self._samples = 0.0, 0, 0
 
-    def request(self) -> Packet:
-        """A training request that depends on no upload (round start; pipelined requests)."""
+    def begin_round(self, round_number: int) -> None:
+        """Called once before the round's first request (FSL-SAGE aligns its estimators here)."""
+
+    def request(self, client_id: int) -> Packet:
+        """A request to ``client_id`` that depends on no upload (round start; pipelined requests)."""
         return Packet()
 
     @abstractmethod
     def on_upload(self, client_id: int, upload: Packet) -> Packet | None:
         """Train on a client's upload; return what goes back, or ``None`` if nothing does."""
+
+    def end_round(self, round_number: int, aggregated: dict[str, torch.Tensor] | None) -> None:
+        """Called after the round's aggregation with the averaged client weights (if any)."""
+
+    def check_upload(self, upload: Packet) -> None:
+        """Reject a decoded upload whose ``info`` does not fit its tensors (``PayloadError``).
+
+        The codec has already checked the tensors against ``upload_specs``; a strategy whose
+        uploads carry more control information extends this.
+        """
+        if upload.tensors:
+            batch_sizes(upload, len(upload.tensors["labels"]["y"]), self.config.batch_size)
 
     def upload_specs(self, activation_shape: tuple[int, int, int]) -> list[TensorSpec]:
         """What an upload carrying data must contain: activations and their labels."""
@@ -95,24 +123,32 @@ class ServerHalf(ABC):
             TensorSpec("labels", "y", torch.int64, (None,), self.config.num_classes),
         ]
 
-    def train_batches(self, upload: Packet, keep_input_grad: bool = False) -> torch.Tensor | None:
-        """One optimizer step of the top slice per batch in ``upload``.
+    def train_batches(
+        self,
+        upload: Packet,
+        keep_input_grad: bool = False,
+        model: nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> torch.Tensor | None:
+        """One optimizer step of the top slice (or of ``model``) per batch in ``upload``.
 
         Returns ``dL/dz`` for the whole upload when ``keep_input_grad`` is set.
         """
+        model = model or self.top
+        optimizer = optimizer or self.optimizer
         z_all = upload.tensors["activations"]["z"]
         y_all = upload.tensors["labels"]["y"]
         sizes = batch_sizes(upload, len(y_all), self.config.batch_size)
         grads = []
-        self.top.train()
+        model.train()
         with self.watch.time("server"):
             for z, y in zip(z_all.split(sizes), y_all.split(sizes)):
                 z = z.detach().requires_grad_(keep_input_grad)
-                logits = self.top(z)
+                logits = model(z)
                 loss = F.cross_entropy(logits, y)
-                self.optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                self.optimizer.step()
+                optimizer.step()
                 self._loss_sum += loss.item() * len(y)
                 self._correct += int((logits.argmax(1) == y).sum())
                 self._samples += len(y)
@@ -126,6 +162,15 @@ class ServerHalf(ABC):
         out = {"train_loss": self._loss_sum / n, "train_accuracy": self._correct / n}
         self._loss_sum, self._correct, self._samples = 0.0, 0, 0
         return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume this server half after a round (extend, don't replace)."""
+        return {"top": self.top.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+        self.top.load_state_dict(state["top"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
 
 def batch_sizes(upload: Packet, total: int, max_batch: int) -> list[int]:
@@ -142,9 +187,34 @@ class SplitStrategy:
     """A named pair of halves. Subclass, set the attributes, and decorate with ``@register``."""
 
     name: str = ""
+    #: The client trains a second module besides its bottom slice (see ``client_modules``).
     uses_aux_head: bool = False
+    #: Average the client slices after every round, whatever ``aggregate-clients`` says.
+    always_aggregates: bool = False
+    #: Which client modules are averaged when the strategy aggregates.
+    aggregated_modules: tuple[str, ...] = ("bottom", "aux")
     client: type[ClientHalf]
     server: type[ServerHalf]
+
+    @classmethod
+    def aggregates(cls, config: RunConfig) -> bool:
+        """Whether client slices are averaged after each round of this run."""
+        return cls.always_aggregates or config.aggregate_clients
+
+    @classmethod
+    def client_modules(cls, config: RunConfig) -> dict[str, nn.Module]:
+        """The client's trainable modules by name, initialised from the seed.
+
+        ``bottom`` is the client's slice; ``aux`` (if ``uses_aux_head``) the configured head.
+        Every party calls this with the same config and gets the same weights.
+        """
+        bottom, _, aux = build_halves(config)
+        return {"bottom": bottom} | ({"aux": aux} if cls.uses_aux_head else {})
+
+    @classmethod
+    def synced_modules(cls, modules: dict[str, nn.Module]) -> dict[str, nn.Module]:
+        """The subset of ``modules`` that aggregation averages."""
+        return {name: module for name, module in modules.items() if name in cls.aggregated_modules}
 
 
 _REGISTRY: dict[str, type[SplitStrategy]] = {}

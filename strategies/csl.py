@@ -6,6 +6,9 @@ batch's activations, so a batch costs one round trip.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from flsplit.wire import Packet, PayloadError, TensorSpec
@@ -25,8 +28,7 @@ class CSLClient(ClientHalf):
         client.bottom.train()
         with client.watch.time("fwd"):
             z = client.bottom(x)
-        client.live["pending"] = (step, z)
-        client.counters["pending"] = step
+        hold_pending(client, step, z, y)
         return Packet(
             {"activations": {"z": z.detach()}, "labels": {"y": y}},
             {"batch_sizes": [len(y)], "done": False},
@@ -36,39 +38,48 @@ class CSLClient(ClientHalf):
         return [TensorSpec("gradients", "dz", torch.float32, (None, *activation_shape))]
 
     def _apply_gradient(self, client: ClientSlice, dz: torch.Tensor) -> None:
-        pending = client.counters.get("pending", -1)
-        if pending < 0:
-            raise PayloadError("gradients.dz: received a gradient but no batch is pending")
-        live_step, z = client.live.pop("pending", (None, None))
-        running_stats = None
-        if live_step != pending:
-            running_stats = {name: b.clone() for name, b in client.bottom.named_buffers()}
-            z = _replay_forward(client, pending)
-        if dz.shape != z.shape:
-            raise PayloadError(f"gradients.dz: shape {list(dz.shape)}, expected {list(z.shape)}")
-        with client.watch.time("bwd"):
+        with pending_batch(client, dz) as (z, _), client.watch.time("bwd"):
             client.optimizer.zero_grad(set_to_none=True)
             z.backward(dz)
             client.optimizer.step()
-        if running_stats is not None:
-            # The original forward pass already updated BatchNorm's running statistics.
-            with torch.no_grad():
-                for name, buffer in client.bottom.named_buffers():
-                    buffer.copy_(running_stats[name])
-        client.counters["pending"] = -1
 
 
-def _replay_forward(client: ClientSlice, step: int) -> torch.Tensor:
-    """Rebuild the graph of batch ``step`` in a process that did not run its forward pass.
+def hold_pending(client: ClientSlice, step: int, z: torch.Tensor, y: torch.Tensor) -> None:
+    """Keep batch ``step`` (and, in this process, its graph) until the server's gradient comes."""
+    client.live["pending"] = (step, z, y)
+    client.counters["pending"] = step
 
-    The persisted weights are those the forward pass used, and the batch is a pure function
-    of its step, so the forward is recomputed exactly (the caller restores BatchNorm's
-    running statistics after the backward pass, which needs them unmodified).
+
+@contextmanager
+def pending_batch(client: ClientSlice, dz: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The pending batch's activations (with their graph) and labels, for a backward with ``dz``.
+
+    In a process that did not run the batch's forward pass the graph is rebuilt: the persisted
+    weights are those the forward pass used, and the batch is a pure function of its step, so
+    the forward is recomputed exactly. BatchNorm's running statistics, which the original
+    forward already updated, are restored afterwards.
     """
-    x, _ = client.loader.batch(step)
-    client.bottom.train()
-    with client.watch.time("fwd"):
-        return client.bottom(x)
+    pending = client.counters.get("pending", -1)
+    if pending < 0:
+        raise PayloadError("gradients.dz: received a gradient but no batch is pending")
+    live = client.live.pop("pending", None)
+    running_stats = None
+    if live is not None and live[0] == pending:
+        _, z, y = live
+    else:
+        x, y = client.loader.batch(pending)
+        running_stats = {name: b.clone() for name, b in client.bottom.named_buffers()}
+        client.bottom.train()
+        with client.watch.time("fwd"):
+            z = client.bottom(x)
+    if dz.shape != z.shape:
+        raise PayloadError(f"gradients.dz: shape {list(dz.shape)}, expected {list(z.shape)}")
+    yield z, y
+    if running_stats is not None:
+        with torch.no_grad():
+            for name, buffer in client.bottom.named_buffers():
+                buffer.copy_(running_stats[name])
+    client.counters["pending"] = -1
 
 
 class CSLServer(ServerHalf):

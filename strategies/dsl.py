@@ -1,7 +1,9 @@
 """Decoupled split learning: the client trains on an auxiliary loss; nothing comes back.
 
 One upload carries the activations of as many batches as fit in the chunk bound, so the
-number of messages per round does not grow with the number of batches.
+number of messages per round does not grow with the number of batches. The client's loop is
+shared by the rest of the local-loss family (``cse-fsl``, ``fsl-sage``), which change what a
+local step does (``local_step``) and which batches go up (``uploads``).
 """
 
 from __future__ import annotations
@@ -17,30 +19,47 @@ class DSLClient(ClientHalf):
     """Steps the bottom slice and auxiliary head on the local loss right after each forward."""
 
     def train(self, request: Packet, client: ClientSlice, max_bytes: int) -> Packet:
-        assert client.aux is not None, "DSL needs an auxiliary head"
+        assert client.aux is not None, f"{type(self).__name__} needs an auxiliary head"
         zs: list[torch.Tensor] = []
         ys: list[torch.Tensor] = []
-        nbytes, aux_loss_sum = 0, 0.0
+        nbytes, aux_loss_sum, samples = 0, 0.0, 0
         client.bottom.train()
         client.aux.train()
         while nbytes < max_bytes and (batch := client.next_batch()) is not None:
-            _, x, y = batch
-            with client.watch.time("fwd"):
-                z = client.bottom(x)
-                loss = F.cross_entropy(client.aux(z), y)
-            with client.watch.time("bwd"):
-                client.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                client.optimizer.step()
-            zs.append(z.detach())
-            ys.append(y)
-            nbytes += z.numel() * z.element_size()
-            aux_loss_sum += loss.item() * len(y)
+            step, x, y = batch
+            z, loss = self.local_step(client, x, y)
+            aux_loss_sum += loss * len(y)
+            samples += len(y)
+            if self.uploads(client, step):
+                zs.append(z.detach())
+                ys.append(y)
+                nbytes += z.numel() * z.element_size()
         done = client.counters["step"] >= client.counters["round_end"]
-        info = {"done": done, "batch_sizes": [len(y) for y in ys], "aux_loss_sum": aux_loss_sum}
+        info = {
+            "done": done,
+            "batch_sizes": [len(y) for y in ys],
+            "aux_loss_sum": aux_loss_sum,
+            "local_samples": samples,
+        }
         if not zs:
             return Packet(info=info)
         return Packet({"activations": {"z": torch.cat(zs)}, "labels": {"y": torch.cat(ys)}}, info)
+
+    def local_step(self, client: ClientSlice, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """One optimizer step on the local loss; returns the activations and the loss value."""
+        assert client.aux is not None
+        with client.watch.time("fwd"):
+            z = client.bottom(x)
+            loss = F.cross_entropy(client.aux(z), y)
+        with client.watch.time("bwd"):
+            client.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            client.optimizer.step()
+        return z, loss.item()
+
+    def uploads(self, client: ClientSlice, step: int) -> bool:
+        """Whether batch ``step``'s activations go to the server (DSL: every batch)."""
+        return True
 
 
 class DSLServer(ServerHalf):

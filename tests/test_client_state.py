@@ -6,7 +6,8 @@ from flwr.app import Context, RecordDict
 from apps import client_state
 from flsplit.config import parse_run_config
 from flsplit.wire import Packet, module_state
-from strategies.dsl import DSLClient
+from strategies.csl import CSL
+from strategies.dsl import DSL, DSLClient
 
 
 def _context(run_config: dict) -> Context:
@@ -24,13 +25,13 @@ def test_rebuilt_slice_equals_the_saved_one_weights_momentum_and_counters() -> N
     raw = {"dataset": "synthetic", "model": "resnet20", "cut": 2, "batch-size": 16}
     config = parse_run_config(raw)
     context = _context(raw)
-    client = client_state.load_slice(context, config, with_aux=True)
+    client = client_state.load_slice(context, config, DSL)
     client.counters["round_end"] = 3
     DSLClient(config).train(Packet(), client, 1 << 30)
     client_state.save_slice(context, client)
     # Execute: drop the process cache, as when the next message runs elsewhere
     client_state._LIVE.clear()
-    rebuilt = client_state.load_slice(context, config, with_aux=True)
+    rebuilt = client_state.load_slice(context, config, DSL)
     # Assert
     assert rebuilt is not client
     assert rebuilt.counters == client.counters == {"step": 3, "round_end": 3, "round": 0}
@@ -48,18 +49,18 @@ def test_cache_serves_the_live_slice_only_while_it_is_the_saved_version() -> Non
     raw = {"dataset": "synthetic", "model": "resnet20", "cut": 2}
     config = parse_run_config(raw)
     context = _context(raw)
-    client = client_state.load_slice(context, config, with_aux=False)
+    client = client_state.load_slice(context, config, CSL)
     client_state.save_slice(context, client)
     # Execute / Assert: same version -> same object
-    assert client_state.load_slice(context, config, with_aux=False) is client
+    assert client_state.load_slice(context, config, CSL) is client
     # another process saved a newer version into the state
     other = _context(raw)
     other.state = context.state
     client_state._LIVE.clear()
-    newer = client_state.load_slice(other, config, with_aux=False)
+    newer = client_state.load_slice(other, config, CSL)
     client_state.save_slice(other, newer)
     client_state._LIVE[(1, 7)] = ("stale-version", client)
-    assert client_state.load_slice(context, config, with_aux=False) is not client
+    assert client_state.load_slice(context, config, CSL) is not client
 
 
 def test_cache_keeps_only_the_most_recently_used_slices() -> None:
@@ -70,13 +71,13 @@ def test_cache_keeps_only_the_most_recently_used_slices() -> None:
     contexts = [_context(raw) for _ in range(3)]
     for node_id, context in enumerate(contexts):
         context.node_id = node_id
-    slices = [client_state.load_slice(c, config, with_aux=False) for c in contexts]
+    slices = [client_state.load_slice(c, config, CSL) for c in contexts]
     # Execute: node 0 is used again after node 1, so node 1 is the least recently used
     client_state.save_slice(contexts[0], slices[0], keep=2)
     client_state.save_slice(contexts[1], slices[1], keep=2)
-    assert client_state.load_slice(contexts[0], config, with_aux=False) is slices[0]
+    assert client_state.load_slice(contexts[0], config, CSL) is slices[0]
     client_state.save_slice(contexts[2], slices[2], keep=2)
     # Assert
     assert [node for _, node in client_state._LIVE] == [0, 2]
-    assert client_state.load_slice(contexts[1], config, with_aux=False) is not slices[1]
-    assert client_state.load_slice(contexts[2], config, with_aux=False) is slices[2]
+    assert client_state.load_slice(contexts[1], config, CSL) is not slices[1]
+    assert client_state.load_slice(contexts[2], config, CSL) is slices[2]

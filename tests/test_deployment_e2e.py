@@ -74,6 +74,17 @@ def test_strategy_runs_on_real_supernodes(deployment: Deployment, tmp_path: Path
         assert [r["failed_clients"] for r in rounds] == [[], [1]]
 
 
+def test_fsl_sage_runs_on_real_supernodes_with_its_aligned_model_going_down(deployment: Deployment, tmp_path: Path) -> None:
+    # Prepare: one SuperNode process per message, so every piece of client state crosses processes
+    if deployment.link.certificates is not None:
+        pytest.skip("one transport is enough for this strategy; dsl and csl cover TLS")
+    # Execute
+    rounds = deployment.run(tmp_path, "sage", strategy="'fsl-sage'", **{"num-server-rounds": 2, "upload-every": 1, "align-every": 1, "align-epochs": 1})
+    # Assert
+    assert all(r["failed_clients"] == [] and r["bytes_down_gradients"] == 0 and r["bytes_model_sync"] > 0 for r in rounds)
+    assert rounds[0]["bytes_down_aux_model"] == 0 < rounds[1]["bytes_down_aux_model"]
+
+
 def test_upload_over_100_mb_arrives_whole(tmp_path: Path) -> None:
     # Prepare
     federation = Deployment(tmp_path / "home", tls=False)

@@ -6,44 +6,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flsplit.config import parse_run_config
+from flsplit.config import RunConfig
 from flsplit.data import PartitionLoader, load_dataset
 from flsplit.split import activation_shape, build_halves, sgd
-from flsplit.wire import Packet, decode, encode
+from flsplit.wire import Packet
 from strategies import ClientSlice, get_strategy, strategy_names
-from strategies.csl import CSLClient, CSLServer
+from strategies.csl import CSLClient
 from strategies.dsl import DSLClient, DSLServer
-
-BIG = 1 << 30
-
-
-def _config(**overrides: object):  # noqa: ANN202
-    raw = {"dataset": "synthetic", "model": "resnet20", "cut": 3, "batch-size": 16, "lr": 0.1, "weight-decay": 5e-4} | overrides
-    return parse_run_config(raw)
+from tests.halves import BIG, drive_round, make_client, make_server, through_wire
+from tests.halves import make_config as _config
 
 
-def _client(config, with_aux: bool = False, steps: int = 1) -> tuple[ClientSlice, nn.Module]:  # noqa: ANN001
-    bottom, top, aux = build_halves(config)
-    params = list(bottom.parameters()) + (list(aux.parameters()) if with_aux else [])
-    loader = PartitionLoader(load_dataset("synthetic"), np.arange(64), config.batch_size, config.seed, 0)
-    client = ClientSlice(bottom, aux if with_aux else None, sgd(params, config), loader, {"step": 0, "round_end": steps, "round": 1})
-    return client, top
+def _client(config: RunConfig, with_aux: bool = False, steps: int = 1) -> tuple[ClientSlice, nn.Module]:
+    _, top, _ = build_halves(config)
+    return make_client(config, "dsl" if with_aux else "csl", steps), top
 
 
-def _through_wire(packet: Packet, specs) -> Packet:  # noqa: ANN001
-    return decode(encode(packet), specs)
-
-
-def _csl_steps(config, steps: int, drop_live: bool = False) -> tuple[ClientSlice, nn.Module]:  # noqa: ANN001
+def _csl_steps(config: RunConfig, steps: int, drop_live: bool = False) -> tuple[ClientSlice, nn.Module]:
     client, top = _client(config, steps=steps)
-    half, server = CSLClient(config), CSLServer(top, sgd(list(top.parameters()), config), config)
-    shape = activation_shape(config)
-    upload = half.train(Packet(), client, BIG)
-    while not upload.info["done"]:
-        down = server.on_upload(0, _through_wire(upload, server.upload_specs(shape)))
-        if drop_live:
-            client.live.clear()  # as if the next message ran in another process
-        upload = half.train(_through_wire(down, half.download_specs(shape)), client, BIG)
+    drive_round(CSLClient(config), make_server(config, "csl", top), client, drop_live=drop_live)
     return client, top
 
 
@@ -89,7 +70,7 @@ def test_dsl_server_sends_nothing_back_and_trains_the_top() -> None:
     server = DSLServer(top, sgd(list(top.parameters()), config), config)
     # Execute
     upload = DSLClient(config).train(Packet(), client, BIG)
-    reply = server.on_upload(0, _through_wire(upload, server.upload_specs(activation_shape(config))))
+    reply = server.on_upload(0, through_wire(upload, server.upload_specs(activation_shape(config))))
     # Assert
     assert reply is None and DSLServer.replies_to_uploads is False
     assert upload.info["done"] and upload.info["batch_sizes"] == [16, 16, 16, 16]
@@ -118,7 +99,7 @@ def test_dsl_chunks_are_bounded_in_bytes() -> None:
 
 
 def test_registry_names_and_dotted_plugin_paths() -> None:
-    assert {"csl", "dsl"} <= set(strategy_names())
+    assert {"csl", "dsl", "fsl-sage", "cse-fsl", "splitfed-v1", "splitfed-v2", "hybrid", "fedavg"} <= set(strategy_names())
     assert get_strategy("strategies.dsl:DSL") is get_strategy("dsl")
     with pytest.raises(ValueError, match="unknown strategy"):
         get_strategy("nope")

@@ -1,0 +1,46 @@
+"""A plug-in strategy: DSL whose uploaded activations carry Gaussian noise.
+
+The client trains exactly as in DSL, on its clean activations; only the copy that goes to
+the server is perturbed, ``z + σ·std(z)·ε`` with ε ~ N(0, 1), a simple way to blur what the
+server learns about individual samples. Nothing in ``flsplit`` changes: select it with
+
+    flwr run . --run-config "strategy='examples.noisy_activations:NoisyDSL'"
+
+and subclass it to change ``noise_scale``. ``docs/strategies.md`` walks through this file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from flsplit.wire import Packet
+from strategies import ClientSlice, register
+from strategies.dsl import DSL, DSLClient
+
+
+class NoisyDSLClient(DSLClient):
+    """DSL's client, adding noise to the activations it uploads."""
+
+    #: Noise standard deviation, relative to the standard deviation of the uploaded activations.
+    noise_scale: float = 0.1
+
+    def train(self, request: Packet, client: ClientSlice, max_bytes: int) -> Packet:
+        upload = super().train(request, client, max_bytes)
+        if upload.tensors:
+            z = upload.tensors["activations"]["z"]
+            # Seeded by (seed, partition, step): a rerun, or a message replayed in another
+            # process, sends the same noise.
+            key = [self.config.seed, client.loader.partition_id, client.counters["step"]]
+            generator = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+            noise = torch.randn(z.shape, generator=generator)
+            upload.tensors["activations"]["z"] = z + self.noise_scale * z.std() * noise
+        return upload
+
+
+@register
+class NoisyDSL(DSL):
+    """Selected by ``strategy = "examples.noisy_activations:NoisyDSL"`` (or "noisy-dsl" once imported)."""
+
+    name = "noisy-dsl"
+    client = NoisyDSLClient

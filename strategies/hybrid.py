@@ -1,0 +1,137 @@
+"""Hybrid split learning (the DSL paper's Section III-C): the client minimises α·L_aux + λ·L.
+
+Every batch's activations go up and train the top slice, as in DSL. Most batches update the
+client on the auxiliary loss alone, right after their forward pass. Every ``hybrid-k``-th
+batch of a round (local iterations k-1, 2k-1, ...) instead waits for the server's gradient
+``dL/dz`` and updates on ``α·dL_aux + λ·dL`` (α = ``hybrid-aux-weight``, λ = ``hybrid-lambda``).
+Such a batch ends its upload, and the server's reply carries the gradient of that batch only.
+
+Limits, both tested: λ = 0 never asks for a gradient and is DSL, weight for weight; k = 1 with
+α = 0 and λ = 1 asks for every batch's gradient and is CSL.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from flsplit.config import RunConfig
+from flsplit.wire import Packet, PayloadError, TensorSpec
+from strategies.base import (
+    ClientHalf,
+    ClientSlice,
+    ServerHalf,
+    SplitStrategy,
+    batch_sizes,
+    register,
+)
+from strategies.csl import hold_pending, pending_batch
+
+WANTS_GRADIENT = "gradient_for_last"  # info flag: reply with dL/dz of the upload's last batch
+
+
+class HybridClient(ClientHalf):
+    """DSL's local steps, plus a combined step with the server's gradient every k-th batch."""
+
+    def train(self, request: Packet, client: ClientSlice, max_bytes: int) -> Packet:
+        assert client.aux is not None, "hybrid needs an auxiliary head"
+        if "gradients" in request.tensors:
+            self._apply_gradient(client, request.tensors["gradients"]["dz"])
+        zs: list[torch.Tensor] = []
+        ys: list[torch.Tensor] = []
+        nbytes, aux_loss_sum, samples, waits = 0, 0.0, 0, False
+        client.bottom.train()
+        client.aux.train()
+        while not waits and nbytes < max_bytes and (batch := client.next_batch()) is not None:
+            step, x, y = batch
+            waits = self._wants_gradient(client, step)
+            if waits:
+                with client.watch.time("fwd"):
+                    z = client.bottom(x)
+                hold_pending(client, step, z, y)
+            else:
+                z, loss = self._local_step(client, x, y)
+                aux_loss_sum += loss * len(y)
+                samples += len(y)
+            zs.append(z.detach())
+            ys.append(y)
+            nbytes += z.numel() * z.element_size()
+        done = not waits and client.counters["step"] >= client.counters["round_end"]
+        info = {
+            "done": done,
+            "batch_sizes": [len(y) for y in ys],
+            "aux_loss_sum": aux_loss_sum,
+            "local_samples": samples,
+            WANTS_GRADIENT: waits,
+        }
+        if not zs:
+            return Packet(info=info)
+        return Packet({"activations": {"z": torch.cat(zs)}, "labels": {"y": torch.cat(ys)}}, info)
+
+    def download_specs(self, activation_shape: tuple[int, int, int]) -> list[TensorSpec]:
+        return [TensorSpec("gradients", "dz", torch.float32, (None, *activation_shape))]
+
+    def _wants_gradient(self, client: ClientSlice, step: int) -> bool:
+        k = self.config.hybrid_k
+        return self.config.hybrid_lambda > 0 and client.local_iteration(step) % k == k - 1
+
+    def _local_step(self, client: ClientSlice, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """α·L_aux alone (DSL's step; no update at all when α = 0)."""
+        assert client.aux is not None
+        weight = self.config.hybrid_aux_weight
+        if not weight:
+            with client.watch.time("fwd"), torch.no_grad():
+                return client.bottom(x), 0.0
+        with client.watch.time("fwd"):
+            z = client.bottom(x)
+            loss = F.cross_entropy(client.aux(z), y)
+        with client.watch.time("bwd"):
+            client.optimizer.zero_grad(set_to_none=True)
+            (weight * loss).backward()
+            client.optimizer.step()
+        return z, loss.item()
+
+    def _apply_gradient(self, client: ClientSlice, dz: torch.Tensor) -> None:
+        """α·L_aux + λ·L on the pending batch, whose gradient ``dz`` the server just sent."""
+        assert client.aux is not None
+        weight, lam = self.config.hybrid_aux_weight, self.config.hybrid_lambda
+        with pending_batch(client, dz) as (z, y), client.watch.time("bwd"):
+            client.optimizer.zero_grad(set_to_none=True)
+            if weight:
+                loss = weight * F.cross_entropy(client.aux(z), y)
+                torch.autograd.backward([loss, z], [None, lam * dz])
+            else:
+                z.backward(lam * dz)
+            client.optimizer.step()
+
+
+class HybridServer(ServerHalf):
+    """Trains the top slice on every batch; returns ``dL/dz`` of a batch when the client asks."""
+
+    def __init__(self, top: torch.nn.Module, optimizer: torch.optim.Optimizer, config: RunConfig) -> None:
+        super().__init__(top, optimizer, config)
+        # With λ = 0 no request depends on an upload, so requests are pipelined as in DSL.
+        self.replies_to_uploads = config.hybrid_lambda > 0
+
+    def check_upload(self, upload: Packet) -> None:
+        super().check_upload(upload)
+        wants = upload.info.get(WANTS_GRADIENT, False)
+        if not isinstance(wants, bool) or (wants and not upload.tensors):
+            raise PayloadError(f"info.{WANTS_GRADIENT}: {wants!r} must be a boolean, and true only with activations")
+
+    def on_upload(self, client_id: int, upload: Packet) -> Packet | None:
+        dz = self.train_batches(upload, keep_input_grad=bool(upload.info.get(WANTS_GRADIENT)))
+        if dz is None:
+            return None
+        last = batch_sizes(upload, len(dz), self.config.batch_size)[-1]
+        return Packet({"gradients": {"dz": dz[-last:]}})
+
+
+@register
+class Hybrid(SplitStrategy):
+    """DSL with a weighted, periodic server gradient (λ, k)."""
+
+    name = "hybrid"
+    uses_aux_head = True
+    client = HybridClient
+    server = HybridServer

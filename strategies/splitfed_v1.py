@@ -1,0 +1,82 @@
+"""SplitFed-V1 (Thapa et al., 2022): one server-side copy of the top slice per client.
+
+Each client's batches train its own copy of the top slice (with its own optimizer), and the
+server's gradient goes back as in CSL. After every round the copies are averaged, weighted by
+the samples each trained on this round, through the Flower strategy named by ``aggregation``
+(the same rule that averages the client slices), and every copy restarts from the average.
+Averaging the copies is server-internal and costs no communication. "SplitFed-MS" (multiple
+servers) in FSL-SAGE's figures.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from flsplit.aggregation import aggregate_weights, build_aggregator
+from flsplit.config import RunConfig
+from flsplit.split import sgd
+from flsplit.wire import Packet, load_weights, weights_of
+from strategies.base import ServerHalf, SplitStrategy, register
+from strategies.csl import CSLClient
+
+
+class SplitFedV1Server(ServerHalf):
+    """Trains client ``i``'s uploads on copy ``i`` of the top slice and returns ``dL/dz``."""
+
+    replies_to_uploads = True
+
+    def __init__(self, top: nn.Module, optimizer: torch.optim.Optimizer, config: RunConfig) -> None:
+        super().__init__(top, optimizer, config)
+        self.copies: dict[int, tuple[nn.Module, torch.optim.Optimizer]] = {}
+        self._trained: dict[int, int] = {}  # samples each copy trained on this round
+        self._saved_optimizers: dict[int, dict] = {}  # from a checkpoint, applied on first use
+        self._aggregator = build_aggregator(config.aggregation)
+
+    def on_upload(self, client_id: int, upload: Packet) -> Packet | None:
+        model, optimizer = self._copy(client_id)
+        dz = self.train_batches(upload, keep_input_grad=True, model=model, optimizer=optimizer)
+        self._trained[client_id] = self._trained.get(client_id, 0) + len(upload.tensors["labels"]["y"])
+        return Packet({"gradients": {"dz": dz}})
+
+    def end_round(self, round_number: int, aggregated: dict[str, torch.Tensor] | None) -> None:
+        trained = [(weights_of({"top": self.copies[c][0]}), n) for c, n in sorted(self._trained.items()) if n]
+        self._trained.clear()
+        average = aggregate_weights(self._aggregator, round_number, trained)
+        if average is None:
+            return
+        load_weights({"top": self.top}, average)
+        for model, _ in self.copies.values():
+            model.load_state_dict(self.top.state_dict())
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"copy_optimizers": {c: opt.state_dict() for c, (_, opt) in self.copies.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.copies.clear()
+        self._saved_optimizers = dict(state["copy_optimizers"])
+
+    def _copy(self, client_id: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """Client ``client_id``'s copy: the current average at first use, with its own optimizer."""
+        if client_id not in self.copies:
+            model = copy.deepcopy(self.top)
+            optimizer = sgd(list(model.parameters()), self.config)
+            if client_id in self._saved_optimizers:
+                optimizer.load_state_dict(self._saved_optimizers.pop(client_id))
+            self.copies[client_id] = (model, optimizer)
+        return self.copies[client_id]
+
+
+@register
+class SplitFedV1(SplitStrategy):
+    """Split federated learning with a server-side copy per client."""
+
+    name = "splitfed-v1"
+    uses_aux_head = False
+    always_aggregates = True
+    client = CSLClient
+    server = SplitFedV1Server

@@ -1,0 +1,89 @@
+"""Drive a strategy's client and server halves through the real codec, in one process.
+
+``drive_round`` plays one client's round the way ``apps.rounds.train_round`` does (begin the
+round, request, upload, reply, ... until done), without Flower, so strategy tests are fast and
+deterministic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from flsplit.config import RunConfig, parse_run_config
+from flsplit.data import PartitionLoader, load_dataset
+from flsplit.split import activation_shape, sgd
+from flsplit.wire import Packet, TensorSpec, decode, encode
+from strategies import ClientHalf, ClientSlice, ServerHalf, SplitStrategy, get_strategy
+
+BIG = 1 << 30
+
+
+def make_config(**overrides: object) -> RunConfig:
+    """Tiny synthetic setup: resnet20 cut after 3 blocks (z is 16x32x32), batches of 16."""
+    raw = {"dataset": "synthetic", "model": "resnet20", "cut": 3, "batch-size": 16, "lr": 0.1, "weight-decay": 5e-4}
+    return parse_run_config(raw | overrides)
+
+
+def make_client(config: RunConfig, strategy: type[SplitStrategy] | str, steps: int = 1, partition: int = 0) -> ClientSlice:
+    """A client slice of ``strategy`` over 64 synthetic samples, with one round of ``steps`` batches."""
+    strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
+    modules = strategy.client_modules(config)
+    bottom, aux = modules["bottom"], modules.get("aux")
+    params = list(bottom.parameters()) + (list(aux.parameters()) if aux is not None else [])
+    loader = PartitionLoader(load_dataset("synthetic"), np.arange(64 * partition, 64 * (partition + 1)), config.batch_size, config.seed, partition)
+    counters = {"step": 0, "round_start": 0, "round_end": steps, "round": 1}
+    return ClientSlice(bottom, aux, sgd(params, config), loader, counters)
+
+
+def make_server(config: RunConfig, strategy: type[SplitStrategy] | str, top: nn.Module) -> ServerHalf:
+    strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
+    return strategy.server(top, sgd(list(top.parameters()), config), config)
+
+
+def next_round(client: ClientSlice, steps: int) -> None:
+    """Start the client's next round of ``steps`` batches (as the ClientApp does)."""
+    client.counters["round"] += 1
+    client.counters["round_start"] = client.counters["step"]
+    client.counters["round_end"] = client.counters["step"] + steps
+
+
+def through_wire(packet: Packet, specs: list[TensorSpec]) -> Packet:
+    """Encode and decode, validating as a receiver would (specs apply only to tensor payloads)."""
+    return decode(encode(packet), specs if packet.tensors else [])
+
+
+def drive_round(
+    half: ClientHalf,
+    server: ServerHalf,
+    client: ClientSlice,
+    client_id: int = 0,
+    round_number: int = 1,
+    max_bytes: int = BIG,
+    drop_live: bool = False,
+    begin: bool = True,
+) -> tuple[list[Packet], list[Packet]]:
+    """One client's round; returns the requests it received and the uploads it sent.
+
+    ``drop_live`` clears the client's in-process objects before every request, as when each
+    message runs in a new process (deployment). ``begin=False`` skips ``begin_round`` (for
+    several clients in one round).
+    """
+    shape = activation_shape(half.config)
+    if begin:
+        server.begin_round(round_number)
+    request = server.request(client_id)
+    requests, uploads = [], []
+    while True:
+        request.info["round"] = round_number
+        request = through_wire(request, half.download_specs(shape))
+        requests.append(request)
+        upload = through_wire(half.train(request, client, max_bytes), server.upload_specs(shape))
+        server.check_upload(upload)
+        uploads.append(upload)
+        reply = server.on_upload(client_id, upload) if upload.tensors else None
+        if upload.info["done"]:
+            return requests, uploads
+        if drop_live:
+            client.live.clear()
+        request = reply or server.request(client_id)

@@ -1,0 +1,127 @@
+"""FSL-SAGE: gradient estimation and alignment, the client's step, and the server's schedule."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flsplit.config import RunConfig
+from flsplit.data import PartitionLoader, load_dataset
+from flsplit.split import build_halves, sgd
+from flsplit.wire import Packet, weights_of
+from strategies.alignment import agreement, align, cut_gradient, true_gradients
+from strategies.csl import CSLServer
+from strategies.fsl_sage import FSLSAGEClient
+from tests.halves import drive_round, make_client, make_config, make_server, next_round
+
+
+def _buffer(config: RunConfig, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed buffer: the seeded bottom slice's activations of synthetic training batches."""
+    bottom, _, _ = build_halves(config)
+    loader = PartitionLoader(load_dataset("synthetic"), np.arange(samples), config.batch_size, config.seed, 0)
+    batches = [loader.batch(step) for step in range(-(-samples // config.batch_size))]
+    with torch.no_grad():
+        return bottom.train()(torch.cat([x for x, _ in batches])), torch.cat([y for _, y in batches])
+
+
+@pytest.mark.parametrize("head", ["pooled", "linear"])
+def test_alignment_brings_the_estimated_gradient_closer_to_the_servers(head: str, record_property: pytest.RecordProperty) -> None:
+    # Prepare: a fixed buffer, the seeded top slice's true gradients, a seeded estimator
+    torch.manual_seed(0)
+    config = make_config(**{"aux-head": head})
+    _, top, aux = build_halves(config)
+    z, y = _buffer(config, samples=32)
+    target = true_gradients(top, z, y, config.batch_size)
+    before = agreement(aux, z, y, target, config.batch_size)
+    # Execute
+    align(aux, z, y, target, epochs=50, lr=1e-3, batch_size=config.batch_size)
+    after = agreement(aux, z, y, target, config.batch_size)
+    # Assert
+    numbers = f"{head} head: cosine {before.cosine:.4f} -> {after.cosine:.4f}, MSE {before.mse:.4e} -> {after.mse:.4e}"
+    print(numbers)
+    record_property("alignment", numbers)
+    assert after.cosine > before.cosine + 0.02
+    assert after.mse < before.mse
+
+
+def test_true_gradients_are_what_a_csl_server_sends_and_leave_the_top_untouched() -> None:
+    # Prepare
+    config = make_config()
+    _, top, _ = build_halves(config)
+    z, y = _buffer(config, samples=32)
+    state = copy.deepcopy(top.state_dict())
+    reference = copy.deepcopy(top)
+    csl = CSLServer(reference, torch.optim.SGD(reference.parameters(), lr=0.0), config)
+    # Execute
+    grads = true_gradients(top, z, y, config.batch_size)
+    sent = csl.train_batches(Packet({"activations": {"z": z}, "labels": {"y": y}}, {"batch_sizes": [16, 16]}), keep_input_grad=True)
+    # Assert
+    assert torch.allclose(grads, sent, atol=1e-9)
+    assert all(torch.equal(v, state[k]) for k, v in top.state_dict().items())
+
+
+def test_client_steps_its_slice_with_the_estimated_gradient_and_uploads_every_qth_batch() -> None:
+    # Prepare: 7 batches, upload every 3rd (local iterations 0, 3, 6)
+    config = make_config(strategy="fsl-sage", **{"upload-every": 3})
+    client = make_client(config, "fsl-sage", steps=7)
+    reference, aux_before = copy.deepcopy(client.bottom), copy.deepcopy(client.aux.state_dict())
+    optimizer = sgd(list(reference.parameters()), config)
+    # Execute
+    _, uploads = drive_round(FSLSAGEClient(config), make_server(config, "fsl-sage", build_halves(config)[1]), client)
+    for step in range(7):  # the same steps by hand: backpropagate d CE(aux(z), y)/dz
+        x, y = client.loader.batch(step)
+        z = reference(x)
+        optimizer.zero_grad()
+        z.backward(cut_gradient(client.aux, z, y))
+        optimizer.step()
+    # Assert
+    assert [u.info["batch_sizes"] for u in uploads] == [[16, 16, 16]]
+    assert uploads[0].info["local_samples"] == 7 * 16
+    for got, want in zip(client.bottom.state_dict().values(), reference.state_dict().values()):
+        assert torch.allclose(got.float(), want.float(), atol=1e-6)
+    assert all(torch.equal(v, aux_before[k]) for k, v in client.aux.state_dict().items())  # not trained locally
+
+
+def test_server_aligns_every_l_rounds_and_sends_the_aligned_model_with_the_first_request_only() -> None:
+    # Prepare: align every 2 rounds (rounds 3, 5, ...), 2 batches per round, buffer of 24 samples
+    config = make_config(strategy="fsl-sage", **{"upload-every": 1, "align-every": 2, "align-epochs": 2, "align-buffer": 24})
+    half, client = FSLSAGEClient(config), make_client(config, "fsl-sage", steps=2)
+    server = make_server(config, "fsl-sage", build_halves(config)[1])
+    requests, metrics = {}, {}
+    # Execute
+    for round_number in (1, 2, 3):
+        if round_number > 1:
+            next_round(client, steps=2)
+        requests[round_number], uploads = drive_round(half, server, client, round_number=round_number, max_bytes=1)
+        metrics[round_number] = server.take_metrics()
+    # Assert
+    carried = {r: [bool(q.tensors) for q in qs] for r, qs in requests.items()}
+    assert carried == {1: [False, False], 2: [False, False], 3: [True, False]}
+    assert metrics[1]["align_after_cosine"] is None and metrics[2]["align_s"] is None
+    assert metrics[3]["align_after_mse"] is not None
+    sent = requests[3][0].tensors["aux_model"]
+    assert set(sent) == set(weights_of({"aux": client.aux}))
+    assert all(torch.equal(sent[k], v) for k, v in weights_of({"aux": server.estimators[0]}).items())
+    assert all(torch.equal(sent[k], v) for k, v in weights_of({"aux": client.aux}).items())
+    buffer = server.buffers[0]
+    assert len(buffer.y) == 24 and torch.equal(buffer.z[-16:], uploads[-1].tensors["activations"]["z"][-16:])
+
+
+def test_server_state_survives_a_checkpoint() -> None:
+    # Prepare
+    config = make_config(strategy="fsl-sage", **{"upload-every": 1, "align-every": 1, "align-epochs": 1})
+    server = make_server(config, "fsl-sage", build_halves(config)[1])
+    drive_round(FSLSAGEClient(config), server, make_client(config, "fsl-sage", steps=2))
+    server.begin_round(2)
+    # Execute
+    restored = make_server(config, "fsl-sage", build_halves(config)[1])
+    restored.load_state_dict(copy.deepcopy(server.state_dict()))
+    # Assert
+    assert torch.equal(restored.buffers[0].z, server.buffers[0].z) and torch.equal(restored.buffers[0].y, server.buffers[0].y)
+    for k, v in server.estimators[0].state_dict().items():
+        assert torch.equal(restored.estimators[0].state_dict()[k], v)
+    assert F.cross_entropy(restored.top(server.buffers[0].z), server.buffers[0].y) == F.cross_entropy(server.top(server.buffers[0].z), server.buffers[0].y)
