@@ -35,11 +35,12 @@ class HybridClient(ClientHalf):
 
     def train(self, request: Packet, client: ClientSlice, max_bytes: int) -> Packet:
         assert client.aux is not None, "hybrid needs an auxiliary head"
+        nbytes, aux_loss_sum, samples, waits = 0, 0.0, 0, False
         if "gradients" in request.tensors:
-            self._apply_gradient(client, request.tensors["gradients"]["dz"])
+            loss, count = self._apply_gradient(client, request.tensors["gradients"]["dz"])
+            aux_loss_sum, samples = loss * count, count
         zs: list[torch.Tensor] = []
         ys: list[torch.Tensor] = []
-        nbytes, aux_loss_sum, samples, waits = 0, 0.0, 0, False
         client.bottom.train()
         client.aux.train()
         while not waits and nbytes < max_bytes and (batch := client.next_batch()) is not None:
@@ -91,18 +92,23 @@ class HybridClient(ClientHalf):
             client.optimizer.step()
         return z, loss.item()
 
-    def _apply_gradient(self, client: ClientSlice, dz: torch.Tensor) -> None:
-        """α·L_aux + λ·L on the pending batch, whose gradient ``dz`` the server just sent."""
+    def _apply_gradient(self, client: ClientSlice, dz: torch.Tensor) -> tuple[float, int]:
+        """α·L_aux + λ·L on the pending batch, whose gradient ``dz`` the server just sent.
+
+        Returns the batch's auxiliary loss (0 when α = 0) and its size.
+        """
         assert client.aux is not None
         weight, lam = self.config.hybrid_aux_weight, self.config.hybrid_lambda
         with pending_batch(client, dz) as (z, y), client.watch.time("bwd"):
             client.optimizer.zero_grad(set_to_none=True)
-            if weight:
-                loss = weight * F.cross_entropy(client.aux(z), y)
-                torch.autograd.backward([loss, z], [None, lam * dz])
-            else:
+            if not weight:
                 z.backward(lam * dz)
+                client.optimizer.step()
+                return 0.0, len(y)
+            loss = F.cross_entropy(client.aux(z), y)
+            torch.autograd.backward([weight * loss, z], [None, lam * dz])
             client.optimizer.step()
+        return loss.item(), len(y)
 
 
 class HybridServer(ServerHalf):

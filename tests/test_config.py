@@ -46,3 +46,17 @@ def test_cut_is_checked_against_the_model_depth() -> None:
 def test_dotted_strategy_path_is_accepted_for_plugins() -> None:
     config = parse_run_config({"strategy": "mypkg.mymod:MyStrategy"}, strategies=["csl"])
     assert config.strategy == "mypkg.mymod:MyStrategy"
+
+
+def test_strategy_keys_are_validated_with_the_key_named() -> None:
+    raw = {"upload-every": 0, "align-every": 0, "align-lr": 0, "hybrid-k": 0, "hybrid-lambda": -1}
+    with pytest.raises(ConfigError) as err:
+        parse_run_config(raw)
+    for key in raw:
+        assert f"- {key}:" in str(err.value)
+
+
+def test_hybrid_without_any_loss_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="hybrid-aux-weight: .*no loss to train on"):
+        parse_run_config({"strategy": "hybrid", "hybrid-lambda": 0.0, "hybrid-aux-weight": 0.0})
+    assert parse_run_config({"strategy": "dsl", "hybrid-lambda": 0.0, "hybrid-aux-weight": 0.0}).strategy == "dsl"
