@@ -14,6 +14,7 @@ PAPER = {
     "comm_ratio": "about 0.5: no gradients come back (Fig. 5)",
     "client_memory_ratio": "down to 0.42 (58% lower) at cut s (Fig. 6)",
     "server_memory_ratio": "down to 0.42 (58% lower) at cut s (Fig. 6)",
+    "derived_one_device_memory_ratio": "(derived from the party peaks, not measured) both parties on one device",
     "time_ratio": "moderately above 1, most at cut s (Fig. 7)",
 }
 
@@ -46,6 +47,7 @@ def compare(runs: list[Run]) -> list[dict[str, Any]]:
                 "csl_server_peak_mb": csl.peak_mb("server"),
                 "dsl_server_peak_mb": dsl.peak_mb("server"),
                 "server_memory_ratio": _ratio(dsl.peak_mb("server"), csl.peak_mb("server")),
+                "derived_one_device_memory_ratio": _one_device_ratio(csl, dsl),
                 "csl_s_per_epoch": csl.seconds_per_epoch()["round_s"],
                 "dsl_s_per_epoch": dsl.seconds_per_epoch()["round_s"],
                 "time_ratio": dsl.seconds_per_epoch()["round_s"] / csl.seconds_per_epoch()["round_s"],
@@ -86,6 +88,16 @@ def write_claims(runs: list[Run], out: Path) -> str:
     text += "\n## DSL against CSL, per setting\n\n" + markdown_table(rows)
     (out / "claims.md").write_text(text)
     return text
+
+
+def _one_device_ratio(csl: Run, dsl: Run) -> float | None:
+    """Both parties in one process, as in a one-GPU simulation: CSL's client graph is still alive
+    while the server trains (peaks add up); DSL's client has freed its graph (the larger peak)."""
+    peaks = [run.peak_mb(party) for run in (csl, dsl) for party in ("client", "server")]
+    if any(p is None for p in peaks):
+        return None
+    csl_client, csl_server, dsl_client, dsl_server = peaks
+    return max(dsl_client, dsl_server) / (csl_client + csl_server)
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:

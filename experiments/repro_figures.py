@@ -24,9 +24,16 @@ def _pick(runs: list[Run], **fields: object) -> Run | None:
     return None
 
 
-def _axes(rows: int, cols: int, width: float = 4.2, height: float = 3.2) -> tuple[plt.Figure, np.ndarray]:
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, sharey="row")
+def _axes(rows: int, cols: int, width: float = 4.2, height: float = 3.2, sharey: str | bool = "row") -> tuple[plt.Figure, np.ndarray]:
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, sharey=sharey)
     return fig, axes
+
+
+def _legend_below(fig: plt.Figure, ax: plt.Axes, title: str, ncol: int) -> None:
+    """One legend under the panels, so that it never hides a bar."""
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
 
 
 def _color(strategy: str) -> str:
@@ -61,7 +68,7 @@ def fig4_accuracy(runs: list[Run], title: str) -> plt.Figure:
 def fig5_communication(runs: list[Run], title: str) -> plt.Figure:
     """Forward and backward bytes per client over the run, stacked, per cut (one panel per N)."""
     clients, cuts, strategies = _values(runs, "clients"), _values(runs, "cut"), _values(runs, "strategy")
-    fig, axes = _axes(1, len(clients))
+    fig, axes = _axes(1, len(clients), height=4.2, sharey=False)
     width = 0.8 / len(strategies)
     for j, n in enumerate(clients):
         ax = axes[0, j]
@@ -79,9 +86,7 @@ def fig5_communication(runs: list[Run], title: str) -> plt.Figure:
         ax.set_title(f"N = {n}")
         ax.set_ylabel("training traffic per client (GB)")
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"Fig. 5: communication per client over the run (Flower-serialized bytes)\n{title}")
-    fig.tight_layout()
+    _legend_below(fig, axes[0, 0], f"Fig. 5: training traffic per client over the run (Flower-serialized bytes)\n{title}", ncol=2)
     return fig
 
 
@@ -113,7 +118,7 @@ def fig6_memory(runs: list[Run], title: str) -> plt.Figure:
 def fig7_time(runs: list[Run], title: str) -> plt.Figure:
     """Per-epoch time split into client forward, client backward, server and communication."""
     clients, cuts, strategies = _values(runs, "clients"), _values(runs, "cut"), _values(runs, "strategy")
-    fig, axes = _axes(1, len(clients))
+    fig, axes = _axes(1, len(clients), height=4.8)
     width = 0.8 / len(strategies)
     hatches = {"client_fwd_s": "", "client_bwd_s": "..", "server_s": "//", "comm_s": "xx"}
     for j, n in enumerate(clients):
@@ -131,11 +136,13 @@ def fig7_time(runs: list[Run], title: str) -> plt.Figure:
             ax.scatter(x, wall, marker="D", color="black", zorder=3, label="wall clock" if k == 0 else None)
         ax.set_xticks(np.arange(len(cuts)), [f"cut {c}" for c in cuts])
         ax.set_title(f"N = {n}")
-        ax.set_ylabel("seconds per epoch (parts summed over parties)")
+        ax.set_ylabel("seconds per epoch")
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(fontsize=6, ncol=2)
-    fig.suptitle(f"Fig. 7: per-epoch time breakdown; parts overlap in time, the diamond is the wall clock\n{title}")
-    fig.tight_layout()
+    _legend_below(
+        fig, axes[0, 0],
+        f"Fig. 7: per-epoch time; bars: compute and communication summed over parties (they overlap in time), diamond: wall clock\n{title}",
+        ncol=5,
+    )
     return fig
 
 
