@@ -26,9 +26,11 @@ import csv
 import json
 import math
 import tempfile
+import threading
 import time
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from experiments.flower_runner import SuperLink
 from experiments.tables import RESULTS, markdown_table
@@ -81,6 +83,7 @@ def run_method(link: SuperLink, method: str, settings: dict[str, Any], data_dir:
     keys = {k: v for k, v in settings.items() if k != "clients"} | METHODS[method]
     keys |= {"strategy": method, "data-dir": str(data_dir), "results-dir": str(workdir), "run-name": method}
     process = link.launch(" ".join(f"{k}={_toml(v)}" for k, v in keys.items()), num_supernodes=settings["clients"])
+    tails = [_drain(stream) for stream in (process.stdout, process.stderr)]  # a full pipe would block flwr run
     metrics_path, seen, started, cumulative = workdir / method / "metrics.jsonl", 0, time.monotonic(), 0.0
     while True:
         finished = process.poll() is not None
@@ -96,10 +99,19 @@ def run_method(link: SuperLink, method: str, settings: dict[str, Any], data_dir:
         if finished:
             break
         time.sleep(2.0)
-    stdout, stderr = process.communicate()
+    process.wait()
     if process.returncode != 0 or seen < settings["num-server-rounds"]:
-        raise SystemExit(f"{method} failed:\n{(stdout or '')[-3000:]}\n{(stderr or '')[-3000:]}")
+        output = "\n".join("".join(tail) for tail in tails)
+        raise SystemExit(f"{method} failed:\n{output[-6000:]}")
     return rounds
+
+
+def _drain(stream: IO[str] | None) -> deque[str]:
+    """Read ``stream`` to its end in a thread; keep its last 200 lines."""
+    tail: deque[str] = deque(maxlen=200)
+    if stream is not None:
+        threading.Thread(target=lambda: tail.extend(stream), daemon=True).start()
+    return tail
 
 
 def _toml(value: object) -> str:
