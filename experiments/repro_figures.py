@@ -7,10 +7,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from experiments.repro_results import Run  # noqa: E402
+from experiments.repro_results import Run
 
 COLORS = {"csl": "tab:blue", "dsl": "tab:orange"}
 TIME_LABELS = {"client_fwd_s": "client forward", "client_bwd_s": "client backward", "server_s": "server (top slice)", "comm_s": "communication"}

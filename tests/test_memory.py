@@ -32,7 +32,7 @@ def test_state_bytes_counts_parameters_gradients_and_momentum_once() -> None:
 
 def test_peak_sees_a_temporary_allocation_that_is_freed_inside_the_window() -> None:
     # Prepare
-    model, optimizer = _model()
+    model, _ = _model()
     # Execute
     with measure([model], None) as reading:
         scratch = torch.ones(8 * MIB)  # 32 MiB, freed before the window closes
