@@ -92,6 +92,15 @@ def cifar100_tar(cifar100_pickles: Path, tmp_path: Path) -> Path:
     return _tar(cifar100_pickles, tmp_path / "cifar-100-python.tar.gz")
 
 
+@pytest.fixture
+def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages are stamped with the running task's identity, which a Flower runtime sets."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
 @pytest.fixture(scope="module")
 def superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuperLink]:
     """A simulation-mode SuperLink shared by the tests of one module, stopped by PID afterwards."""

@@ -23,13 +23,7 @@ from flsplit.wire import Packet, PayloadError, encode
 from strategies import get_strategy
 from tests.in_process_grid import InProcessGrid
 
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Messages are stamped with the running task's identity, which a Flower runtime sets."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)
+pytestmark = pytest.mark.usefixtures("task_identity")  # messages built outside a Flower runtime
 
 
 RAW = {"dataset": "synthetic", "model": "resnet20", "cut": 2, "batch-size": 16, "max-batches": 3, "strategy": "dsl"}
