@@ -104,7 +104,7 @@ def _train_measured(half: ClientHalf, request: Packet, client: ClientSlice, conf
     # A graph kept from the previous message (CSL) is memory this client holds, allocated
     # before this window opened; it is only in this process if the graph is.
     held = client.live.pop("held_bytes", 0)
-    with measure(client.modules().values(), client.optimizer, held) as reading:
+    with measure(client.modules().values(), [client.optimizer], held) as reading:
         upload = half.train(request, client, int(config.chunk_mb * MB))
     client.live["held_bytes"] = reading.held_after
     upload.info |= {"memory_peak_bytes": reading.peak, "memory_saved_bytes": reading.saved}

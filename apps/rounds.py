@@ -157,7 +157,8 @@ def _serve(server: ServerHalf, client: Client, upload: Packet, probes: dict[int,
         return server.on_upload(client.index, upload)
     probes[client.partition_id] = probes.get(client.partition_id, 0) + 1
     received = tensor_bytes(t for group in upload.tensors.values() for t in group.values())
-    with measure([server.top], server.optimizer, held=received) as reading:
+    modules, optimizers = server.trained_state()
+    with measure(modules, optimizers, held=received) as reading:
         reply = server.on_upload(client.index, upload)
     stats.note_memory("server", reading)
     return reply

@@ -53,13 +53,13 @@ def heap_in_use() -> int:
     return int(info.uordblks + info.hblkhd)
 
 
-def state_bytes(modules: Iterable[nn.Module], optimizer: torch.optim.Optimizer | None) -> int:
+def state_bytes(modules: Iterable[nn.Module], optimizers: Iterable[torch.optim.Optimizer] = ()) -> int:
     """Bytes of parameters, buffers, existing gradients and optimizer state (shared storage once)."""
     tensors: list[torch.Tensor] = []
     for module in modules:
         tensors += list(module.parameters()) + list(module.buffers())
         tensors += [p.grad for p in module.parameters() if p.grad is not None]
-    if optimizer is not None:
+    for optimizer in optimizers:
         tensors += [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
     return _unique_bytes(tensors)
 
@@ -98,19 +98,21 @@ class _SavedTensors:
     def __init__(self, exclude: set[int]) -> None:
         self.exclude = exclude
         self.alive: dict[int, tuple[int, weakref.ref]] = {}
+        self.alive_bytes = 0  # saved storages still referenced, as by a graph kept for later
         self.peak = 0
 
     def pack(self, tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
         pointer = storage.data_ptr()
         if pointer not in self.exclude and pointer not in self.alive:
-            self.alive[pointer] = (storage.nbytes(), weakref.ref(tensor, lambda _, p=pointer: self.alive.pop(p, None)))
-            self.peak = max(self.peak, self.alive_bytes())
+            self.alive[pointer] = (storage.nbytes(), weakref.ref(tensor, lambda _, p=pointer: self._release(p)))
+            self.alive_bytes += storage.nbytes()
+            self.peak = max(self.peak, self.alive_bytes)
         return tensor
 
-    def alive_bytes(self) -> int:
-        """Bytes of saved storages still referenced, as by a graph kept for a later backward pass."""
-        return sum(size for size, _ in self.alive.values())
+    def _release(self, pointer: int) -> None:
+        size, _ = self.alive.pop(pointer, (0, None))
+        self.alive_bytes -= size
 
 
 @dataclass
@@ -123,12 +125,12 @@ class MemoryReading:
 
 
 @contextmanager
-def measure(modules: Iterable[nn.Module], optimizer: torch.optim.Optimizer | None, held: int = 0) -> Iterator[MemoryReading]:
+def measure(modules: Iterable[nn.Module], optimizers: Iterable[torch.optim.Optimizer], held: int = 0) -> Iterator[MemoryReading]:
     """Measure a party's peak training memory over the ``with`` body.
 
     Parameters
     ----------
-    modules, optimizer
+    modules, optimizers
         The party's trainable state, counted at the window's start.
     held
         Bytes the party already holds for its training that the heap rise cannot see because
@@ -136,10 +138,10 @@ def measure(modules: Iterable[nn.Module], optimizer: torch.optim.Optimizer | Non
     """
     modules = list(modules)
     reading = MemoryReading()
-    persistent = state_bytes(modules, optimizer)
+    persistent = state_bytes(modules, optimizers)
     saved = _SavedTensors({p.untyped_storage().data_ptr() for m in modules for p in m.parameters()})
     with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda tensor: tensor), _HeapPeak() as heap:
         yield reading
     reading.peak = persistent + held + max(0, heap.peak - heap.start)
     reading.saved = saved.peak
-    reading.held_after = saved.alive_bytes()
+    reading.held_after = saved.alive_bytes

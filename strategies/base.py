@@ -163,6 +163,10 @@ class ServerHalf(ABC):
         self._loss_sum, self._correct, self._samples = 0.0, 0, 0
         return out
 
+    def trained_state(self) -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
+        """The models and optimizers this server trains (what its peak memory counts); extend it."""
+        return [self.top], [self.optimizer]
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume this server half after a round (extend, don't replace)."""
         return {"top": self.top.state_dict(), "optimizer": self.optimizer.state_dict()}

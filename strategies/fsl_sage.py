@@ -148,6 +148,10 @@ class FSLSAGEServer(ServerHalf):
         for client_id, (z, y) in state["buffers"].items():
             self.buffers[client_id] = AlignmentBuffer(self.config.align_buffer, z, y)
 
+    def trained_state(self) -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
+        modules, optimizers = super().trained_state()
+        return modules + list(self.estimators.values()), optimizers
+
     def _estimator(self, client_id: int) -> nn.Module:
         """The client's auxiliary model as the server last aligned it (the seeded head at first)."""
         if client_id not in self.estimators:

@@ -60,6 +60,10 @@ class SplitFedV1Server(ServerHalf):
         self.copies.clear()
         self._saved_optimizers = dict(state["copy_optimizers"])
 
+    def trained_state(self) -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
+        modules, optimizers = super().trained_state()
+        return modules + [m for m, _ in self.copies.values()], optimizers + [o for _, o in self.copies.values()]
+
     def _copy(self, client_id: int) -> tuple[nn.Module, torch.optim.Optimizer]:
         """Client ``client_id``'s copy: the current average at first use, with its own optimizer."""
         if client_id not in self.copies:
