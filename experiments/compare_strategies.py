@@ -32,7 +32,7 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Any
 
-from experiments.flower_runner import SuperLink
+from experiments.flower_runner import SuperLink, run_config_text
 from experiments.tables import RESULTS, markdown_table
 from flsplit.results import read_metrics
 
@@ -82,7 +82,7 @@ def run_method(link: SuperLink, method: str, settings: dict[str, Any], data_dir:
     """Run one method through ``flwr run``, printing a line per round as it lands."""
     keys = {k: v for k, v in settings.items() if k != "clients"} | METHODS[method]
     keys |= {"strategy": method, "data-dir": str(data_dir), "results-dir": str(workdir), "run-name": method}
-    process = link.launch(" ".join(f"{k}={_toml(v)}" for k, v in keys.items()), num_supernodes=settings["clients"])
+    process = link.launch(run_config_text(keys), num_supernodes=settings["clients"])
     tails = [_drain(stream) for stream in (process.stdout, process.stderr)]  # a full pipe would block flwr run
     metrics_path, seen, started, cumulative = workdir / method / "metrics.jsonl", 0, time.monotonic(), 0.0
     while True:
@@ -112,12 +112,6 @@ def _drain(stream: IO[str] | None) -> deque[str]:
     if stream is not None:
         threading.Thread(target=lambda: tail.extend(stream), daemon=True).start()
     return tail
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    return repr(value) if isinstance(value, str) else str(value)
 
 
 def compact(rounds: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:

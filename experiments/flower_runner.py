@@ -41,6 +41,18 @@ def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout_s: f
     raise RuntimeError(f"nothing listens on port {port} after {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
 
 
+def run_config_text(config: dict[str, object]) -> str:
+    """A run config as ``flwr run --run-config`` text: ``key=value`` pairs with TOML values."""
+    def value(v: object) -> str:
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, str):
+            return "'" + v.replace("'", "") + "'"
+        return repr(v)
+
+    return " ".join(f"{k}={value(v)}" for k, v in config.items())
+
+
 class _Process:
     """A started Flower process whose whole process tree we own."""
 

@@ -36,6 +36,12 @@ def _legend_below(fig: plt.Figure, ax: plt.Axes, title: str, ncol: int) -> None:
     fig.tight_layout(rect=(0, 0.12, 1, 1))
 
 
+def _bar_positions(groups: int, k: int, strategies: int) -> tuple[np.ndarray, float]:
+    """x positions and width of strategy ``k``'s bars, side by side within each of ``groups``."""
+    width = 0.8 / strategies
+    return np.arange(groups) + (k - (strategies - 1) / 2) * width, width
+
+
 def _color(strategy: str) -> str:
     return COLORS.get(strategy, "tab:gray")
 
@@ -69,11 +75,10 @@ def fig5_communication(runs: list[Run], title: str) -> plt.Figure:
     """Forward and backward bytes per client over the run, stacked, per cut (one panel per N)."""
     clients, cuts, strategies = _values(runs, "clients"), _values(runs, "cut"), _values(runs, "strategy")
     fig, axes = _axes(1, len(clients), height=4.2, sharey=False)
-    width = 0.8 / len(strategies)
     for j, n in enumerate(clients):
         ax = axes[0, j]
         for k, strategy in enumerate(strategies):
-            x = np.arange(len(cuts)) + (k - (len(strategies) - 1) / 2) * width
+            x, width = _bar_positions(len(cuts), k, len(strategies))
             fwd, bwd = zip(*[
                 (run.bytes_per_client() if (run := _pick(runs, clients=n, cut=c, strategy=strategy)) else (0.0, 0.0)) for c in cuts
             ])
@@ -94,12 +99,11 @@ def fig6_memory(runs: list[Run], title: str) -> plt.Figure:
     """Measured peak memory per party, per N and cut; markers: autograd's saved bytes."""
     clients, cuts, strategies = _values(runs, "clients"), _values(runs, "cut"), _values(runs, "strategy")
     fig, axes = _axes(2, len(cuts))
-    width = 0.8 / len(strategies)
     for i, party in enumerate(("client", "server")):
         for j, cut in enumerate(cuts):
             ax = axes[i, j]
             for k, strategy in enumerate(strategies):
-                x = np.arange(len(clients)) + (k - (len(strategies) - 1) / 2) * width
+                x, width = _bar_positions(len(clients), k, len(strategies))
                 found = [_pick(runs, clients=n, cut=cut, strategy=strategy) for n in clients]
                 peaks = [(r.peak_mb(party) or np.nan) if r else np.nan for r in found]
                 saved = [(r.saved_mb(party) or np.nan) if r else np.nan for r in found]
@@ -119,12 +123,11 @@ def fig7_time(runs: list[Run], title: str) -> plt.Figure:
     """Per-epoch time split into client forward, client backward, server and communication."""
     clients, cuts, strategies = _values(runs, "clients"), _values(runs, "cut"), _values(runs, "strategy")
     fig, axes = _axes(1, len(clients), height=4.8)
-    width = 0.8 / len(strategies)
     hatches = {"client_fwd_s": "", "client_bwd_s": "..", "server_s": "//", "comm_s": "xx"}
     for j, n in enumerate(clients):
         ax = axes[0, j]
         for k, strategy in enumerate(strategies):
-            x = np.arange(len(cuts)) + (k - (len(strategies) - 1) / 2) * width
+            x, width = _bar_positions(len(cuts), k, len(strategies))
             found = [_pick(runs, clients=n, cut=c, strategy=strategy) for c in cuts]
             parts = [r.seconds_per_epoch() if r else None for r in found]
             bottom = np.zeros(len(cuts))

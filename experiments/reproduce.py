@@ -25,7 +25,7 @@ from typing import Any
 
 import tomllib
 
-from experiments.flower_runner import SuperLink
+from experiments.flower_runner import SuperLink, run_config_text
 from experiments.repro_claims import write_claims
 from experiments.repro_figures import write_figures
 from experiments.repro_results import load_runs, run_is_complete
@@ -85,21 +85,9 @@ def run_config(preset: dict[str, Any], point: GridPoint, data_dir: str, results_
     return config
 
 
-def as_cli(config: dict[str, Any]) -> str:
-    """A run config as ``flwr run --run-config`` text (TOML values)."""
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return str(v).lower()
-        if isinstance(v, str):
-            return "'" + v.replace("'", "") + "'"
-        return repr(v)
-
-    return " ".join(f"{k}={value(v)}" for k, v in config.items())
-
-
 def _run(link: SuperLink, config: dict[str, Any], clients: int, timeout_s: float) -> tuple[int, str]:
     """``flwr run`` one grid point, echoing the app's per-round lines; return (code, output tail)."""
-    process = link.launch(as_cli(config), num_supernodes=clients)
+    process = link.launch(run_config_text(config), num_supernodes=clients)
     tail: list[str] = []
     deadline = time.monotonic() + timeout_s
     assert process.stdout is not None

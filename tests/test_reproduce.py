@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from experiments import reproduce
+from experiments.flower_runner import run_config_text
 from experiments.repro_claims import compare, write_claims
 from experiments.repro_figures import write_figures
 from experiments.repro_results import load_runs, run_is_complete
@@ -84,7 +85,7 @@ def test_run_config_text_round_trips_through_toml() -> None:
 
     config = {"strategy": "dsl", "lr": 0.05, "aggregate-clients": False, "max-batches": 8}
     # Execute
-    text = reproduce.as_cli(config)
+    text = run_config_text(config)
     # Assert
     assert tomllib.loads(text.replace(" ", "\n")) == config
 
