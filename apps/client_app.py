@@ -14,6 +14,7 @@ from flwr.clientapp import ClientApp
 from flsplit.config import RunConfig, parse_run_config
 from flsplit.data import eval_indices, test_tensors
 from flsplit.memory import measure
+from flsplit.optim import set_round_lr
 from flsplit.split import activation_shape
 from flsplit.wire import Packet, decode, encode, load_weights, weight_specs, weights_of
 from strategies import ClientHalf, ClientSlice, get_strategy, strategy_names
@@ -83,6 +84,7 @@ def train_step(msg: Message, context: Context) -> Message:
         client.counters["round"] = round_number
         client.counters["round_start"] = client.counters["step"]
         client.counters["round_end"] = client.counters["step"] + _quota(config, client.loader.batches_per_epoch)
+    set_round_lr(client.optimizer, config, round_number)
     upload = _train_measured(half, request, client, config)
     save_slice(context, client, config.client_cache)
     timings = client.watch.take()

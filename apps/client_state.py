@@ -1,7 +1,7 @@
 """A client's slice, kept in ``context.state`` so it survives any engine.
 
 In simulation a node's messages run on any Ray worker, and in deployment every message is a
-new process, so the slice (weights, auxiliary head, optimizer momentum, counters) is written
+new process, so the slice (weights, auxiliary head, optimizer state, counters) is written
 to the node's Flower state after every message. A per-process cache keeps the live objects
 (and an autograd graph) when the next message lands on the same process; a version token in
 the state tells whether the cached copy is still the current one, so the cache can never
@@ -22,11 +22,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flsplit import checkpoint
 from flsplit.config import RunConfig
 from flsplit.data import Dataset, PartitionLoader, load_dataset, partition_indices
-from flsplit.split import sgd
+from flsplit.optim import build_optimizer
 from flsplit.wire import load_weights, weights_of
 from strategies import ClientSlice, SplitStrategy
 
-WEIGHTS, MOMENTUM, COUNTERS = "flsplit.weights", "flsplit.momentum", "flsplit.counters"
+WEIGHTS, OPTIMIZER, COUNTERS = "flsplit.weights", "flsplit.optimizer", "flsplit.counters"
 RUN = "flsplit.run"  # where this run keeps client checkpoints
 # Most recently used first out: a CSL slice holds its pending autograd graph (tens of MB), so
 # an unbounded cache grows with the number of nodes a simulation worker serves.
@@ -97,7 +97,7 @@ def load_slice(context: Context, config: RunConfig, strategy: type[SplitStrategy
     modules = strategy.client_modules(config)
     bottom, head = modules["bottom"], modules.get("aux")
     params = list(bottom.parameters()) + (list(head.parameters()) if head is not None else [])
-    client = ClientSlice(bottom, head, sgd(params, config), client_loader(context, config), {"step": 0, "round_end": 0, "round": 0})
+    client = ClientSlice(bottom, head, build_optimizer(params, config), client_loader(context, config), {"step": 0, "round_end": 0, "round": 0})
     if counters is not None:
         _restore(context, client, counters)
     return client
@@ -112,7 +112,7 @@ def save_slice(context: Context, client: ClientSlice, keep: int = 8) -> None:
     version = uuid.uuid4().hex
     snapshot = _snapshot(client)
     context.state[WEIGHTS] = ArrayRecord({k: Array(v.numpy()) for k, v in snapshot["weights"].items()})
-    context.state[MOMENTUM] = ArrayRecord({k: Array(v.numpy()) for k, v in snapshot["momentum"].items()})
+    context.state[OPTIMIZER] = ArrayRecord({k: Array(v.numpy()) for k, v in snapshot["optimizer"].items()})
     context.state[COUNTERS] = ConfigRecord({**client.counters, "version": version})
     key = (context.run_id, context.node_id)
     _LIVE[key] = (version, client)
@@ -154,27 +154,33 @@ def _params(client: ClientSlice) -> list[torch.nn.Parameter]:
 
 
 def _snapshot(client: ClientSlice) -> dict:
-    momentum = {}
+    """Weights, counters, and every tensor of the optimizer's per-parameter state.
+
+    The state is keyed ``"<parameter index>/<name>"`` (SGD: ``momentum_buffer``; Adam:
+    ``exp_avg``, ``exp_avg_sq`` and ``step``), so any per-parameter torch optimizer survives.
+    """
+    state = {}
     for index, param in enumerate(_params(client)):
-        buffer = client.optimizer.state.get(param, {}).get("momentum_buffer")
-        if buffer is not None:
-            momentum[str(index)] = buffer.detach().clone()
+        for name, value in client.optimizer.state.get(param, {}).items():
+            if isinstance(value, torch.Tensor):
+                state[f"{index}/{name}"] = value.detach().clone()
     weights = {k: v.detach().clone() for k, v in weights_of(client.modules()).items()}
-    return {"weights": weights, "momentum": momentum, "counters": dict(client.counters)}
+    return {"weights": weights, "optimizer": state, "counters": dict(client.counters)}
 
 
 def _apply_snapshot(client: ClientSlice, snapshot: dict) -> None:
     load_weights(client.modules(), snapshot["weights"])
     params = _params(client)
-    for index, buffer in snapshot["momentum"].items():
-        client.optimizer.state[params[int(index)]]["momentum_buffer"] = buffer.clone()
+    for key, value in snapshot["optimizer"].items():
+        index, name = key.split("/", 1)
+        client.optimizer.state[params[int(index)]][name] = value.clone()
     client.counters = {k: int(v) for k, v in snapshot["counters"].items() if k != "version"}
 
 
 def _restore(context: Context, client: ClientSlice, counters: ConfigRecord) -> None:
     snapshot = {
         "weights": {k: torch.from_numpy(v.numpy().copy()) for k, v in context.state[WEIGHTS].items()},
-        "momentum": {k: torch.from_numpy(v.numpy().copy()) for k, v in context.state[MOMENTUM].items()},
+        "optimizer": {k: torch.from_numpy(v.numpy().copy()) for k, v in context.state[OPTIMIZER].items()},
         "counters": dict(counters),
     }
     _apply_snapshot(client, snapshot)

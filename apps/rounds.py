@@ -1,7 +1,8 @@
 """The phases of a round, as messages: hello, training exchange, aggregation, evaluation.
 
-Clients are always served in partition order, one upload at a time per client, whatever order
-their replies arrive in, so a run's results depend on its seed and not on timing.
+Clients are always served in partition order (one upload of each in turn, or one client's
+whole round after another with ``serve-order = "sequential"``), whatever order their replies
+arrive in, so a run's results depend on its seed and not on timing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 from flsplit.aggregation import aggregate_replies
 from flsplit.config import RunConfig
 from flsplit.memory import MemoryReading, measure, tensor_bytes
+from flsplit.optim import set_round_lr
 from flsplit.split import activation_shape
 from flsplit.wire import Packet, PayloadError, weight_specs
 from strategies import ServerHalf
@@ -93,18 +95,43 @@ def hello(exchange: Exchange, node_ids: list[int], info: dict) -> list[Client]:
     return clients
 
 
-def train_round(exchange: Exchange, server: ServerHalf, clients: list[Client], config: RunConfig, round_number: int, probes: dict[int, int] | None = None) -> RoundStats:
-    """Serve every client's uploads round-robin until all are done (or dropped).
+def train_round(
+    exchange: Exchange,
+    server: ServerHalf,
+    clients: list[Client],
+    config: RunConfig,
+    round_number: int,
+    probes: dict[int, int] | None = None,
+    sequential: bool = False,
+) -> RoundStats:
+    """Serve every client's uploads until all are done (or dropped).
 
-    ``probes`` counts, per partition, the uploads already measured for the server's peak
-    memory across rounds; the first ``memory-probe`` of each client's are.
+    Interleaved, clients take turns one upload at a time; ``sequential`` serves one client's
+    whole round before the next one starts. ``probes`` counts, per partition, the uploads
+    already measured for the server's peak memory across rounds; the first ``memory-probe``
+    of each client's are.
     """
     probes = {} if probes is None else probes
     stats = RoundStats()
-    specs = server.upload_specs(activation_shape(config))
-    pipelined = not server.replies_to_uploads
-    active = list(clients)
+    for optimizer in server.scheduled_optimizers():
+        set_round_lr(optimizer, config, round_number)
     server.begin_round(round_number)
+    for group in ([c] for c in clients) if sequential else [list(clients)]:
+        _serve_clients(exchange, server, group, config, round_number, probes, stats)
+    return stats
+
+
+def _serve_clients(
+    exchange: Exchange,
+    server: ServerHalf,
+    active: list[Client],
+    config: RunConfig,
+    round_number: int,
+    probes: dict[int, int],
+    stats: RoundStats,
+) -> None:
+    """Serve ``active`` round-robin, one upload of each in turn, until all are done or dropped."""
+    specs = server.upload_specs(activation_shape(config))
 
     def request(client: Client, packet: Packet | None = None) -> Packet:
         packet = packet or server.request(client.index)
@@ -139,6 +166,9 @@ def train_round(exchange: Exchange, server: ServerHalf, clients: list[Client], c
             uploaded = len(upload.tensors["labels"]["y"]) if upload.tensors else 0
             stats.samples += int(upload.info.get("local_samples", uploaded))
             stats.peak_rss_mb = max(stats.peak_rss_mb, float(upload.info.get("peak_rss_mb", 0.0)))
+            # Pipelined: the next request does not depend on this upload, so it goes out before
+            # the server trains on it and client and server compute overlap.
+            pipelined = not server.awaits_reply(client.index)
             if pipelined and not done:
                 exchange.send(client.node_id, "train.step", request(client))
             if "memory_peak_bytes" in upload.info:
@@ -148,7 +178,6 @@ def train_round(exchange: Exchange, server: ServerHalf, clients: list[Client], c
                 exchange.send(client.node_id, "train.step", request(client, reply_packet))
             if done:
                 active.remove(client)
-    return stats
 
 
 def _serve(server: ServerHalf, client: Client, upload: Packet, probes: dict[int, int], stats: RoundStats) -> Packet | None:

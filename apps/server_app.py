@@ -19,7 +19,8 @@ from flsplit.aggregation import build_aggregator
 from flsplit.config import ConfigError, RunConfig, parse_run_config
 from flsplit.ledger import Ledger
 from flsplit.results import ResultsWriter
-from flsplit.split import build_halves, sgd
+from flsplit.optim import build_optimizer
+from flsplit.split import build_halves
 from strategies import ServerHalf, get_strategy, strategy_names
 from apps import rounds
 from apps.exchange import Exchange
@@ -37,7 +38,7 @@ def main(grid: Grid, context: Context) -> None:
     config = parse_run_config(context.run_config, strategies=strategy_names())
     strategy = get_strategy(config.strategy)
     _, top, _ = build_halves(config)
-    server = strategy.server(top, sgd(list(top.parameters()), config), config)
+    server = strategy.server(top, build_optimizer(list(top.parameters()), config), config)
     slice_modules = strategy.synced_modules(strategy.client_modules(config))
     aggregator = build_aggregator(config.aggregation)
     ledger = Ledger()
@@ -58,6 +59,7 @@ def main(grid: Grid, context: Context) -> None:
     clients_dir = writer.dir / "clients"
     setup = {"clients_dir": str(clients_dir)} | ({"restore_round": first_round - 1} if restored else {})
     clients = rounds.hello(exchange, node_ids, setup)
+    server.partition_sizes = {c.index: c.num_examples for c in clients}
     if not restored:
         writer.write_config(
             config.as_run_config()
@@ -68,7 +70,7 @@ def main(grid: Grid, context: Context) -> None:
     probes: dict[int, int] = {}  # uploads measured for peak memory, per partition
     for round_number in range(first_round, config.num_server_rounds + 1):
         started = time.perf_counter()
-        stats = rounds.train_round(exchange, server, clients, config, round_number, probes)
+        stats = rounds.train_round(exchange, server, clients, config, round_number, probes, strategy.serves_sequentially(config))
         train_s = time.perf_counter() - started
         weights = rounds.aggregate(exchange, clients, slice_modules, round_number, stats, aggregator) if strategy.aggregates(config) else None
         server.end_round(round_number, weights)
@@ -156,9 +158,9 @@ def _resume(config: RunConfig, writer: ResultsWriter, server: ServerHalf, ledger
         log(WARNING, "resume: no checkpoint at %s; starting from round 1", path)
         return None
     saved_config = writer.read_config()
-    changed = sorted(
-        k for k, v in config.as_run_config().items() if k not in RESUMABLE_CHANGES and saved_config.get(k) != v
-    )
+    # The schedule spans the run's rounds, so a scheduled run keeps its length.
+    resumable = RESUMABLE_CHANGES - ({"num-server-rounds"} if config.lr_schedule != "constant" else set())
+    changed = sorted(k for k, v in config.as_run_config().items() if k not in resumable and saved_config.get(k) != v)
     if changed:
         raise ConfigError(
             "invalid run config:\n  - "

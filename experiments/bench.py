@@ -33,7 +33,8 @@ from experiments.tables import write_results
 from flsplit.config import parse_run_config
 from flsplit.data import PartitionLoader, load_dataset, partition_indices
 from flsplit.results import read_metrics
-from flsplit.split import build_halves, sgd
+from flsplit.optim import build_optimizer
+from flsplit.split import build_halves
 CLIENTS = 2
 
 
@@ -49,9 +50,9 @@ def reference_epoch(strategy: str, data_dir: str, batches: int) -> tuple[float, 
     for _ in range(CLIENTS):
         bottom, _, aux = build_halves(config)
         params = list(bottom.parameters()) + (list(aux.parameters()) if strategy == "dsl" else [])
-        clients.append((bottom, aux, sgd(params, config)))
+        clients.append((bottom, aux, build_optimizer(params, config)))
     _, top, _ = build_halves(config)
-    top_opt = sgd(list(top.parameters()), config)
+    top_opt = build_optimizer(list(top.parameters()), config)
     raw = 0
     started = time.perf_counter()
     for step in range(batches):

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from flsplit.aggregation import check_aggregation
-from flsplit.models import head_names, resolve_cut
+from flsplit.models import head_names, model_names, resolve_cut
 
 
 class ConfigError(ValueError):
@@ -31,9 +31,9 @@ class RunConfig(BaseModel):
     )
 
     strategy: str = "dsl"
-    model: Literal["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"] = "resnet20"
+    model: str = "resnet20"
     cut: str = "s"
-    aux_head: str = "pooled"
+    aux_head: str = ""  # empty: the strategy's default (see ``head``)
     dataset: Literal["cifar10", "cifar100", "synthetic"] = "cifar10"
     data_dir: str = ""
     partition: Literal["iid", "dirichlet", "pathological"] = "iid"
@@ -42,7 +42,9 @@ class RunConfig(BaseModel):
     num_server_rounds: int = Field(3, ge=1)
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(0.05, gt=0)
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     aggregate_clients: bool = False
@@ -59,6 +61,7 @@ class RunConfig(BaseModel):
     memory_probe: int = Field(3, ge=0)
     client_cache: int = Field(8, ge=0)
     aggregation: str = "FedAvg"
+    serve_order: Literal["", "sequential", "interleaved"] = ""  # empty: the strategy's own order
     upload_every: int = Field(5, ge=1)
     align_every: int = Field(10, ge=1)
     align_buffer: int = Field(1000, ge=1)
@@ -96,10 +99,17 @@ class RunConfig(BaseModel):
     def _cut_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in model_names():
+            raise ValueError(f"unknown model '{value}'; choose one of {model_names()}")
+        return value
+
     @field_validator("aux_head")
     @classmethod
     def _known_head(cls, value: str) -> str:
-        if value not in head_names():
+        if value and value not in head_names():
             raise ValueError(f"unknown head '{value}'; choose one of {head_names()}")
         return value
 
@@ -115,6 +125,15 @@ class RunConfig(BaseModel):
     def cut_blocks(self) -> int:
         """The cut as a number of residual blocks kept on the client."""
         return resolve_cut(self.cut, self.model)
+
+    @property
+    def head(self) -> str:
+        """The auxiliary head to build: ``aux-head``, or the strategy's default if it is empty.
+
+        FSL-SAGE's estimator is the reference's ``resnet-stage``; every other strategy with a
+        head defaults to the small ``pooled`` head.
+        """
+        return self.aux_head or ("resnet-stage" if self.strategy == "fsl-sage" else "pooled")
 
     @property
     def num_classes(self) -> int:

@@ -10,27 +10,24 @@ import torch
 from torch import nn
 
 from flsplit.config import RunConfig
-from flsplit.models import build_head, cifar_resnet, cut_shape, split_model
+from flsplit.models import CutPoint, build_head, build_model, cut_shape, split_model
 
 
 def build_halves(config: RunConfig) -> tuple[nn.Sequential, nn.Sequential, nn.Module]:
     """``(bottom, top, aux_head)`` initialised from ``config.seed``."""
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(config.seed)
-    model = cifar_resnet(config.model, config.num_classes)
-    aux = build_head(config.aux_head, activation_shape(config), config.num_classes)
-    torch.random.set_rng_state(generator_state)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(config.model, config.num_classes)
+        aux = build_aux(config)
     bottom, top = split_model(model, config.cut_blocks)
     return bottom, top, aux
 
 
+def build_aux(config: RunConfig) -> nn.Module:
+    """The configured auxiliary head at this config's cut (from the current random state)."""
+    return build_head(config.head, CutPoint.of(config.model, config.cut_blocks, config.num_classes))
+
+
 def activation_shape(config: RunConfig) -> tuple[int, int, int]:
     """Per-sample shape of the cut-layer activations for this config."""
-    return cut_shape(config.cut_blocks, config.model)
-
-
-def sgd(params: list[nn.Parameter], config: RunConfig) -> torch.optim.SGD:
-    """The optimizer every party uses (SGD with momentum and weight decay, as in the paper)."""
-    return torch.optim.SGD(
-        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    return cut_shape(config.cut_blocks, config.model, config.num_classes)  # type: ignore[return-value]

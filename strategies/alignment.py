@@ -65,22 +65,23 @@ def agreement(aux: nn.Module, z: torch.Tensor, y: torch.Tensor, target: torch.Te
 
 def align(
     aux: nn.Module,
+    optimizer: torch.optim.Optimizer,
     z: torch.Tensor,
     y: torch.Tensor,
     target: torch.Tensor,
     epochs: int,
-    lr: float,
     batch_size: int,
 ) -> None:
     """Train ``aux`` so its estimated gradients on ``(z, y)`` match ``target``.
 
-    Each epoch is one Adam step on the whole buffer (gradients accumulated batch by batch, so
-    memory stays bounded). The loss is the squared error normalised by the target's energy:
-    gradients at the cut are tiny, and unnormalised their squares would sink below Adam's
-    epsilon. ``aux`` ends with the best weights seen (by that loss on the buffer), so a too
-    large ``lr`` cannot leave the estimator worse than it was.
+    ``optimizer`` (Adam over ``aux``'s parameters in FSL-SAGE) is the estimator's own and
+    lives on across alignments, as in the reference. Each epoch is one step on the whole
+    buffer (gradients accumulated batch by batch, so memory stays bounded). The loss is the
+    squared error normalised by the target's energy: gradients at the cut are tiny, and
+    unnormalised their squares would sink below Adam's epsilon. ``aux`` ends with the best
+    weights seen (by that loss on the buffer), so a too large rate cannot leave the estimator
+    worse than it was.
     """
-    optimizer = torch.optim.Adam(aux.parameters(), lr=lr)
     energy = target.pow(2).sum().clamp_min(1e-30)
     best_loss, best_state = float("inf"), copy.deepcopy(aux.state_dict())
     aux.train()
@@ -92,7 +93,7 @@ def align(
             batch_loss = (estimate - gb).pow(2).sum() / energy
             if epoch < epochs:
                 batch_loss.backward()
-            loss += float(batch_loss)
+            loss += float(batch_loss.detach())
         if loss < best_loss:
             best_loss, best_state = loss, copy.deepcopy(aux.state_dict())
         if epoch < epochs:  # the last pass only scores the final weights

@@ -91,6 +91,8 @@ class ServerHalf(ABC):
     def __init__(self, top: nn.Module, optimizer: torch.optim.Optimizer, config: RunConfig) -> None:
         self.top, self.optimizer, self.config = top, optimizer, config
         self.watch = Stopwatch()
+        #: Each client's partition size (client index -> examples), set once the clients are known.
+        self.partition_sizes: dict[int, int] = {}
         self._loss_sum, self._correct, self._samples = 0.0, 0, 0
 
     def begin_round(self, round_number: int) -> None:
@@ -99,6 +101,18 @@ class ServerHalf(ABC):
     def request(self, client_id: int) -> Packet:
         """A request to ``client_id`` that depends on no upload (round start; pipelined requests)."""
         return Packet()
+
+    def awaits_reply(self, client_id: int) -> bool:
+        """Whether ``client_id``'s next request must wait for the reply to its current upload.
+
+        ``replies_to_uploads`` by default; a strategy may answer differently per upload
+        (FSL-SAGE holds a client back only while its estimator is being aligned).
+        """
+        return self.replies_to_uploads
+
+    def scheduled_optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers that follow the run's learning-rate schedule (extend for more)."""
+        return [self.optimizer]
 
     @abstractmethod
     def on_upload(self, client_id: int, upload: Packet) -> Packet | None:
@@ -197,6 +211,10 @@ class SplitStrategy:
     always_aggregates: bool = False
     #: Which client modules are averaged when the strategy aggregates.
     aggregated_modules: tuple[str, ...] = ("bottom", "aux")
+    #: How the server serves its clients in a round when ``serve-order`` is not set:
+    #: ``interleaved`` (one upload of each in turn) or ``sequential`` (one client's whole round,
+    #: then the next, as SplitFed-V2's references do).
+    serve_order: str = "interleaved"
     client: type[ClientHalf]
     server: type[ServerHalf]
 
@@ -204,6 +222,11 @@ class SplitStrategy:
     def aggregates(cls, config: RunConfig) -> bool:
         """Whether client slices are averaged after each round of this run."""
         return cls.always_aggregates or config.aggregate_clients
+
+    @classmethod
+    def serves_sequentially(cls, config: RunConfig) -> bool:
+        """Whether this run serves one client's whole round before the next client starts."""
+        return (config.serve_order or cls.serve_order) == "sequential"
 
     @classmethod
     def client_modules(cls, config: RunConfig) -> dict[str, nn.Module]:

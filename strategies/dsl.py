@@ -25,7 +25,9 @@ class DSLClient(ClientHalf):
         nbytes, aux_loss_sum, samples = 0, 0.0, 0
         client.bottom.train()
         client.aux.train()
-        while nbytes < max_bytes and (batch := client.next_batch()) is not None:
+        # FSL-SAGE's server asks for the round's first uploaded batch alone, to align on it.
+        first_alone = bool(request.info.get("first_upload_alone"))
+        while nbytes < max_bytes and not (first_alone and zs) and (batch := client.next_batch()) is not None:
             step, x, y = batch
             z, loss = self.local_step(client, x, y)
             aux_loss_sum += loss * len(y)

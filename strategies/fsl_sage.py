@@ -6,18 +6,22 @@ per-step gradient. Activations and labels of local iterations 0, q, 2q, ... of a
 (``upload-every``); the auxiliary model is not trained on the client.
 
 Server: one step of the top slice per uploaded batch, and each client's uploads also enter
-that client's alignment buffer, a FIFO of its newest ``align-buffer`` samples. At the start of
-every ``align-every``-th round (rounds 1 + l, 1 + 2l, ...; round 1 has nothing buffered) the
-server aligns its copy of each client's auxiliary model to the top slice's true gradients on
-the buffer (see ``strategies.alignment``) and the aligned model goes down with that client's
-first request of the round, counted in the ledger as ``bytes_down_aux_model``. The client
-slices are averaged after every round; the auxiliary models stay per client.
+that client's alignment buffer, a FIFO of its newest ``align-buffer`` samples. Alignment
+follows the reference's schedule: in rounds 1, 1 + l, 1 + 2l, ... (``align-every`` = l; the
+reference's t = 0, l, 2l, ...) the server asks each client for its first uploaded batch alone,
+buffers it, aligns its copy of that client's auxiliary model to the top slice's true gradients
+on the buffer (see ``strategies.alignment``) and sends the aligned model back before the
+client goes on, so the estimator is aligned from the first round on. The aligned model counts
+in the ledger as ``bytes_down_aux_model``. Each estimator keeps one Adam state (``align-lr``)
+across alignments, checkpointed with it. The client slices are averaged after every round;
+the auxiliary models stay per client.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from statistics import fmean
 from typing import Any
 
@@ -26,10 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from flsplit.config import RunConfig
-from flsplit.models import build_head
-from flsplit.split import build_halves
+from flsplit.split import build_aux, build_halves
 from flsplit.wire import Packet, TensorSpec, load_weights, weight_specs, weights_of
-from strategies.alignment import agreement, align, true_gradients
+from strategies.alignment import Agreement, agreement, align, true_gradients
 from strategies.base import ClientSlice, ServerHalf, SplitStrategy, register
 from strategies.dsl import DSLClient
 
@@ -45,8 +48,7 @@ class FSLSAGEClient(DSLClient):
         return super().train(request, client, max_bytes)
 
     def download_specs(self, activation_shape: tuple[int, int, int]) -> list[TensorSpec]:
-        head = build_head(self.config.aux_head, activation_shape, self.config.num_classes)
-        return weight_specs({"aux": head}, kind="aux_model")
+        return list(_aux_model_specs(self.config))
 
     def local_step(self, client: ClientSlice, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
         assert client.aux is not None
@@ -63,6 +65,13 @@ class FSLSAGEClient(DSLClient):
 
     def uploads(self, client: ClientSlice, step: int) -> bool:
         return client.local_iteration(step) % self.config.upload_every == 0
+
+
+@lru_cache(maxsize=4)
+def _aux_model_specs(config: RunConfig) -> tuple[TensorSpec, ...]:
+    """What an aligned auxiliary model sent down must look like (built once per config)."""
+    with torch.random.fork_rng(devices=[]):
+        return tuple(weight_specs({"aux": build_aux(config)}, kind="aux_model"))
 
 
 @dataclass
@@ -89,45 +98,70 @@ class FSLSAGEServer(ServerHalf):
     def __init__(self, top: nn.Module, optimizer: torch.optim.Optimizer, config: RunConfig) -> None:
         super().__init__(top, optimizer, config)
         self.estimators: dict[int, nn.Module] = {}  # the server's copy of each client's aux model
+        self.align_optimizers: dict[int, torch.optim.Optimizer] = {}  # one Adam per estimator
         self.buffers: dict[int, AlignmentBuffer] = {}
         self._outbox: dict[int, dict[str, torch.Tensor]] = {}
+        self._aligned: set[int] | None = None  # clients aligned this round; None: no alignment round
+        self._agreements: list[tuple[Agreement, Agreement]] = []
+        self._align_s = 0.0
         self._report: dict[str, float | None] = dict.fromkeys(ALIGN_METRICS)
 
     def begin_round(self, round_number: int) -> None:
-        self._outbox.clear()
-        if round_number == 1 or (round_number - 1) % self.config.align_every:
-            return
-        started = time.perf_counter()
-        before, after = [], []
-        batch = self.config.batch_size
-        for client_id, buffer in sorted(self.buffers.items()):
-            z, y = buffer.z, buffer.y
-            assert z is not None and y is not None  # a buffer exists once something was pushed
-            estimator = self._estimator(client_id)
-            with self.watch.time("server"):
-                target = true_gradients(self.top, z, y, batch)
-                before.append(agreement(estimator, z, y, target, batch))
-                align(estimator, z, y, target, self.config.align_epochs, self.config.align_lr, batch)
-                after.append(agreement(estimator, z, y, target, batch))
-            self._outbox[client_id] = {k: v.detach().clone() for k, v in weights_of({"aux": estimator}).items()}
-        if before:
-            self._report = {
-                "align_before_cosine": fmean(a.cosine for a in before),
-                "align_before_mse": fmean(a.mse for a in before),
-                "align_after_cosine": fmean(a.cosine for a in after),
-                "align_after_mse": fmean(a.mse for a in after),
-                "align_s": time.perf_counter() - started,
-            }
+        aligns = (round_number - 1) % self.config.align_every == 0
+        self._aligned = set() if aligns else None
+        self._agreements, self._align_s = [], 0.0
 
     def request(self, client_id: int) -> Packet:
         aligned = self._outbox.pop(client_id, None)
-        return Packet({"aux_model": aligned}) if aligned is not None else Packet()
+        if aligned is not None:
+            return Packet({"aux_model": aligned})
+        if self._must_align(client_id):
+            return Packet(info={"first_upload_alone": True})  # align on it before going on
+        return Packet()
+
+    def awaits_reply(self, client_id: int) -> bool:
+        """In an alignment round the client waits for its aligned model after its first upload."""
+        return self._must_align(client_id)
 
     def on_upload(self, client_id: int, upload: Packet) -> Packet | None:
         self.train_batches(upload)
         buffer = self.buffers.setdefault(client_id, AlignmentBuffer(self.config.align_buffer))
         buffer.push(upload.tensors["activations"]["z"], upload.tensors["labels"]["y"])
-        return None
+        if not self._must_align(client_id):
+            return None
+        aligned = self._align(client_id, buffer)
+        if upload.info.get("done"):  # nothing more this round: the model goes with the next request
+            self._outbox[client_id] = aligned
+            return None
+        return Packet({"aux_model": aligned})
+
+    def end_round(self, round_number: int, aggregated: dict[str, torch.Tensor] | None) -> None:
+        if self._agreements:
+            before, after = zip(*self._agreements)
+            self._report = {
+                "align_before_cosine": fmean(a.cosine for a in before),
+                "align_before_mse": fmean(a.mse for a in before),
+                "align_after_cosine": fmean(a.cosine for a in after),
+                "align_after_mse": fmean(a.mse for a in after),
+                "align_s": self._align_s,
+            }
+
+    def _must_align(self, client_id: int) -> bool:
+        return self._aligned is not None and client_id not in self._aligned
+
+    def _align(self, client_id: int, buffer: AlignmentBuffer) -> dict[str, torch.Tensor]:
+        """Align the client's estimator on its buffer; return the aligned weights to send."""
+        assert self._aligned is not None and buffer.z is not None and buffer.y is not None
+        self._aligned.add(client_id)
+        started, batch = time.perf_counter(), self.config.batch_size
+        estimator = self._estimator(client_id)
+        with self.watch.time("server"):
+            target = true_gradients(self.top, buffer.z, buffer.y, batch)
+            before = agreement(estimator, buffer.z, buffer.y, target, batch)
+            align(estimator, self.align_optimizers[client_id], buffer.z, buffer.y, target, self.config.align_epochs, batch)
+            self._agreements.append((before, agreement(estimator, buffer.z, buffer.y, target, batch)))
+        self._align_s += time.perf_counter() - started
+        return {k: v.detach().clone() for k, v in weights_of({"aux": estimator}).items()}
 
     def take_metrics(self) -> dict[str, float | None]:
         """The top slice's training metrics, and the round's alignment (``None`` if none ran)."""
@@ -138,6 +172,8 @@ class FSLSAGEServer(ServerHalf):
     def state_dict(self) -> dict[str, Any]:
         return super().state_dict() | {
             "estimators": {cid: m.state_dict() for cid, m in self.estimators.items()},
+            "align_optimizers": {cid: o.state_dict() for cid, o in self.align_optimizers.items()},
+            "outbox": dict(self._outbox),
             "buffers": {cid: (b.z, b.y) for cid, b in self.buffers.items()},
         }
 
@@ -145,17 +181,21 @@ class FSLSAGEServer(ServerHalf):
         super().load_state_dict(state)
         for client_id, weights in state["estimators"].items():
             self._estimator(client_id).load_state_dict(weights)
+            self.align_optimizers[client_id].load_state_dict(state["align_optimizers"][client_id])
+        self._outbox = dict(state["outbox"])
         for client_id, (z, y) in state["buffers"].items():
             self.buffers[client_id] = AlignmentBuffer(self.config.align_buffer, z, y)
 
     def trained_state(self) -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
         modules, optimizers = super().trained_state()
-        return modules + list(self.estimators.values()), optimizers
+        return modules + list(self.estimators.values()), optimizers + list(self.align_optimizers.values())
 
     def _estimator(self, client_id: int) -> nn.Module:
         """The client's auxiliary model as the server last aligned it (the seeded head at first)."""
         if client_id not in self.estimators:
-            self.estimators[client_id] = build_halves(self.config)[2]
+            estimator = build_halves(self.config)[2]
+            self.estimators[client_id] = estimator
+            self.align_optimizers[client_id] = torch.optim.Adam(estimator.parameters(), lr=self.config.align_lr)
         return self.estimators[client_id]
 
 

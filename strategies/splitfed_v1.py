@@ -2,7 +2,7 @@
 
 Each client's batches train its own copy of the top slice (with its own optimizer), and the
 server's gradient goes back as in CSL. After every round the copies are averaged, weighted by
-the samples each trained on this round, through the Flower strategy named by ``aggregation``
+each client's partition size (as the client slices are), through the Flower strategy named by ``aggregation``
 (the same rule that averages the client slices), and every copy restarts from the average.
 Averaging the copies is server-internal and costs no communication. "SplitFed-MS" (multiple
 servers) in FSL-SAGE's figures.
@@ -18,7 +18,7 @@ from torch import nn
 
 from flsplit.aggregation import aggregate_weights, build_aggregator
 from flsplit.config import RunConfig
-from flsplit.split import sgd
+from flsplit.optim import build_optimizer, set_lr
 from flsplit.wire import Packet, load_weights, weights_of
 from strategies.base import ServerHalf, SplitStrategy, register
 from strategies.csl import CSLClient
@@ -32,18 +32,18 @@ class SplitFedV1Server(ServerHalf):
     def __init__(self, top: nn.Module, optimizer: torch.optim.Optimizer, config: RunConfig) -> None:
         super().__init__(top, optimizer, config)
         self.copies: dict[int, tuple[nn.Module, torch.optim.Optimizer]] = {}
-        self._trained: dict[int, int] = {}  # samples each copy trained on this round
+        self._trained: set[int] = set()  # clients whose copy trained this round
         self._saved_optimizers: dict[int, dict] = {}  # from a checkpoint, applied on first use
         self._aggregator = build_aggregator(config.aggregation)
 
     def on_upload(self, client_id: int, upload: Packet) -> Packet | None:
         model, optimizer = self._copy(client_id)
         dz = self.train_batches(upload, keep_input_grad=True, model=model, optimizer=optimizer)
-        self._trained[client_id] = self._trained.get(client_id, 0) + len(upload.tensors["labels"]["y"])
+        self._trained.add(client_id)
         return Packet({"gradients": {"dz": dz}})
 
     def end_round(self, round_number: int, aggregated: dict[str, torch.Tensor] | None) -> None:
-        trained = [(weights_of({"top": self.copies[c][0]}), n) for c, n in sorted(self._trained.items()) if n]
+        trained = [(weights_of({"top": self.copies[c][0]}), self.partition_sizes[c]) for c in sorted(self._trained)]
         self._trained.clear()
         average = aggregate_weights(self._aggregator, round_number, trained)
         if average is None:
@@ -60,6 +60,9 @@ class SplitFedV1Server(ServerHalf):
         self.copies.clear()
         self._saved_optimizers = dict(state["copy_optimizers"])
 
+    def scheduled_optimizers(self) -> list[torch.optim.Optimizer]:
+        return super().scheduled_optimizers() + [optimizer for _, optimizer in self.copies.values()]
+
     def trained_state(self) -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
         modules, optimizers = super().trained_state()
         return modules + [m for m, _ in self.copies.values()], optimizers + [o for _, o in self.copies.values()]
@@ -68,7 +71,8 @@ class SplitFedV1Server(ServerHalf):
         """Client ``client_id``'s copy: the current average at first use, with its own optimizer."""
         if client_id not in self.copies:
             model = copy.deepcopy(self.top)
-            optimizer = sgd(list(model.parameters()), self.config)
+            optimizer = build_optimizer(list(model.parameters()), self.config)
+            set_lr(optimizer, self.optimizer.param_groups[0]["lr"])  # this round's scheduled rate
             if client_id in self._saved_optimizers:
                 optimizer.load_state_dict(self._saved_optimizers.pop(client_id))
             self.copies[client_id] = (model, optimizer)

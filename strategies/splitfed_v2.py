@@ -1,8 +1,10 @@
 """SplitFed-V2 (Thapa et al., 2022): CSL with one shared server model and averaged client slices.
 
-This is exactly ``csl`` with ``aggregate-clients = true``; the name exists so that a run config
-can say what it means. The server serves clients one at a time, in partition order, on the
-same top slice ("SplitFed-SS", single server, in FSL-SAGE's figures).
+This is ``csl`` with ``aggregate-clients = true``, served in the references' order: both
+Thapa et al.'s SplitFed code and FSL-SAGE's baseline finish one client's whole local epoch on
+the shared top slice before the next client starts (``serve-order = "sequential"``, the
+default here; ``interleaved`` alternates batches, which helps the shared top under non-IID
+data). "SplitFed-SS" (single server) in FSL-SAGE's figures.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from strategies.csl import CSL
 
 @register
 class SplitFedV2(CSL):
-    """``csl`` that always averages the client slices after each round."""
+    """``csl`` that serves clients one whole round at a time and averages their slices."""
 
     name = "splitfed-v2"
     always_aggregates = True
+    serve_order = "sequential"

@@ -12,7 +12,8 @@ from torch import nn
 
 from flsplit.config import RunConfig, parse_run_config
 from flsplit.data import PartitionLoader, load_dataset
-from flsplit.split import activation_shape, sgd
+from flsplit.optim import build_optimizer
+from flsplit.split import activation_shape
 from flsplit.wire import Packet, TensorSpec, decode, encode
 from strategies import ClientHalf, ClientSlice, ServerHalf, SplitStrategy, get_strategy
 
@@ -33,12 +34,12 @@ def make_client(config: RunConfig, strategy: type[SplitStrategy] | str, steps: i
     params = list(bottom.parameters()) + (list(aux.parameters()) if aux is not None else [])
     loader = PartitionLoader(load_dataset("synthetic"), np.arange(64 * partition, 64 * (partition + 1)), config.batch_size, config.seed, partition)
     counters = {"step": 0, "round_start": 0, "round_end": steps, "round": 1}
-    return ClientSlice(bottom, aux, sgd(params, config), loader, counters)
+    return ClientSlice(bottom, aux, build_optimizer(params, config), loader, counters)
 
 
 def make_server(config: RunConfig, strategy: type[SplitStrategy] | str, top: nn.Module) -> ServerHalf:
     strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
-    return strategy.server(top, sgd(list(top.parameters()), config), config)
+    return strategy.server(top, build_optimizer(list(top.parameters()), config), config)
 
 
 def next_round(client: ClientSlice, steps: int) -> None:

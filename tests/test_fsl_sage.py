@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from flsplit.config import RunConfig
 from flsplit.data import PartitionLoader, load_dataset
-from flsplit.split import build_halves, sgd
+from flsplit.optim import build_optimizer
+from flsplit.split import build_halves
 from flsplit.wire import Packet, weights_of
 from strategies.alignment import agreement, align, cut_gradient, true_gradients
 from strategies.csl import CSLServer
@@ -28,7 +29,7 @@ def _buffer(config: RunConfig, samples: int) -> tuple[torch.Tensor, torch.Tensor
         return bottom.train()(torch.cat([x for x, _ in batches])), torch.cat([y for _, y in batches])
 
 
-@pytest.mark.parametrize("head", ["pooled", "linear"])
+@pytest.mark.parametrize("head", ["pooled", "linear", "resnet-stage"])
 def test_alignment_brings_the_estimated_gradient_closer_to_the_servers(head: str, record_property: pytest.RecordProperty) -> None:
     # Prepare: a fixed buffer, the seeded top slice's true gradients, a seeded estimator
     torch.manual_seed(0)
@@ -38,7 +39,7 @@ def test_alignment_brings_the_estimated_gradient_closer_to_the_servers(head: str
     target = true_gradients(top, z, y, config.batch_size)
     before = agreement(aux, z, y, target, config.batch_size)
     # Execute
-    align(aux, z, y, target, epochs=50, lr=1e-3, batch_size=config.batch_size)
+    align(aux, torch.optim.Adam(aux.parameters(), lr=1e-3), z, y, target, epochs=50, batch_size=config.batch_size)
     after = agreement(aux, z, y, target, config.batch_size)
     # Assert
     numbers = f"{head} head: cosine {before.cosine:.4f} -> {after.cosine:.4f}, MSE {before.mse:.4e} -> {after.mse:.4e}"
@@ -68,10 +69,11 @@ def test_client_steps_its_slice_with_the_estimated_gradient_and_uploads_every_qt
     # Prepare: 7 batches, upload every 3rd (local iterations 0, 3, 6)
     config = make_config(strategy="fsl-sage", **{"upload-every": 3})
     client = make_client(config, "fsl-sage", steps=7)
-    reference, aux_before = copy.deepcopy(client.bottom), copy.deepcopy(client.aux.state_dict())
-    optimizer = sgd(list(reference.parameters()), config)
-    # Execute
-    _, uploads = drive_round(FSLSAGEClient(config), make_server(config, "fsl-sage", build_halves(config)[1]), client)
+    reference = copy.deepcopy(client.bottom)
+    aux_before = {k: v.clone() for k, v in client.aux.named_parameters()}
+    optimizer = build_optimizer(list(reference.parameters()), config)
+    # Execute: round 2, which is not an alignment round (align-every 10: rounds 1, 11, ...)
+    _, uploads = drive_round(FSLSAGEClient(config), make_server(config, "fsl-sage", build_halves(config)[1]), client, round_number=2)
     for step in range(7):  # the same steps by hand: backpropagate d CE(aux(z), y)/dz
         x, y = client.loader.batch(step)
         z = reference(x)
@@ -83,32 +85,41 @@ def test_client_steps_its_slice_with_the_estimated_gradient_and_uploads_every_qt
     assert uploads[0].info["local_samples"] == 7 * 16
     for got, want in zip(client.bottom.state_dict().values(), reference.state_dict().values()):
         assert torch.allclose(got.float(), want.float(), atol=1e-6)
-    assert all(torch.equal(v, aux_before[k]) for k, v in client.aux.state_dict().items())  # not trained locally
+    # not trained locally (batch norm's running statistics move, as in the reference's train mode)
+    assert all(torch.equal(v, aux_before[k]) for k, v in client.aux.named_parameters())
 
 
-def test_server_aligns_every_l_rounds_and_sends_the_aligned_model_with_the_first_request_only() -> None:
-    # Prepare: align every 2 rounds (rounds 3, 5, ...), 2 batches per round, buffer of 24 samples
-    config = make_config(strategy="fsl-sage", **{"upload-every": 1, "align-every": 2, "align-epochs": 2, "align-buffer": 24})
-    half, client = FSLSAGEClient(config), make_client(config, "fsl-sage", steps=2)
+def test_server_aligns_from_round_one_every_l_rounds_on_the_first_upload_as_the_reference_does() -> None:
+    # Prepare: align every 2 rounds (the reference's t = 0, 2, ...: rounds 1, 3), 3 batches a round
+    config = make_config(strategy="fsl-sage", **{"upload-every": 1, "align-every": 2, "align-epochs": 2, "align-buffer": 40})
+    half, client = FSLSAGEClient(config), make_client(config, "fsl-sage", steps=3)
     server = make_server(config, "fsl-sage", build_halves(config)[1])
-    requests, metrics = {}, {}
+    requests, uploads, metrics = {}, {}, {}
     # Execute
     for round_number in (1, 2, 3):
         if round_number > 1:
-            next_round(client, steps=2)
-        requests[round_number], uploads = drive_round(half, server, client, round_number=round_number, max_bytes=1)
+            next_round(client, steps=3)
+        requests[round_number], uploads[round_number] = drive_round(half, server, client, round_number=round_number)
+        server.end_round(round_number, None)
         metrics[round_number] = server.take_metrics()
-    # Assert
+    # Assert: in an alignment round the first batch goes up alone, the aligned model comes back
+    # in reply and the client trains the rest of the round with it
+    assert [u.info["batch_sizes"] for u in uploads[1]] == [[16], [16, 16]]
+    assert [u.info["batch_sizes"] for u in uploads[2]] == [[16, 16, 16]]
+    assert [u.info["batch_sizes"] for u in uploads[3]] == [[16], [16, 16]]
     carried = {r: [bool(q.tensors) for q in qs] for r, qs in requests.items()}
-    assert carried == {1: [False, False], 2: [False, False], 3: [True, False]}
-    assert metrics[1]["align_after_cosine"] is None and metrics[2]["align_s"] is None
+    assert carried == {1: [False, True], 2: [False], 3: [False, True]}
+    assert metrics[1]["align_after_cosine"] is not None and metrics[2]["align_s"] is None
     assert metrics[3]["align_after_mse"] is not None
-    sent = requests[3][0].tensors["aux_model"]
-    assert set(sent) == set(weights_of({"aux": client.aux}))
+    sent = requests[3][1].tensors["aux_model"]
     assert all(torch.equal(sent[k], v) for k, v in weights_of({"aux": server.estimators[0]}).items())
-    assert all(torch.equal(sent[k], v) for k, v in weights_of({"aux": client.aux}).items())
+    # the client holds the aligned weights (its batch-norm statistics moved on while it trained)
+    assert all(torch.equal(sent[f"aux.{k}"], v) for k, v in client.aux.named_parameters())
+    # One Adam state per estimator, kept across the two alignments (2 epochs = 2 steps each)
+    adam = server.align_optimizers[0]
+    assert all(int(state["step"]) == 4 for state in adam.state.values())
     buffer = server.buffers[0]
-    assert len(buffer.y) == 24 and torch.equal(buffer.z[-16:], uploads[-1].tensors["activations"]["z"][-16:])
+    assert len(buffer.y) == 40 and torch.equal(buffer.z[-16:], uploads[3][-1].tensors["activations"]["z"][-16:])
 
 
 def test_server_state_survives_a_checkpoint() -> None:
@@ -124,4 +135,8 @@ def test_server_state_survives_a_checkpoint() -> None:
     assert torch.equal(restored.buffers[0].z, server.buffers[0].z) and torch.equal(restored.buffers[0].y, server.buffers[0].y)
     for k, v in server.estimators[0].state_dict().items():
         assert torch.equal(restored.estimators[0].state_dict()[k], v)
+    saved, loaded = server.align_optimizers[0].state_dict(), restored.align_optimizers[0].state_dict()
+    assert saved["state"].keys() == loaded["state"].keys() and saved["state"]
+    for index, state in saved["state"].items():
+        assert all(torch.equal(loaded["state"][index][name], value) for name, value in state.items())
     assert F.cross_entropy(restored.top(server.buffers[0].z), server.buffers[0].y) == F.cross_entropy(server.top(server.buffers[0].z), server.buffers[0].y)

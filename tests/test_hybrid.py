@@ -7,7 +7,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from flsplit.split import build_halves, sgd
+from flsplit.optim import build_optimizer
+from flsplit.split import build_halves
 from strategies.csl import CSLClient
 from strategies.dsl import DSLClient
 from strategies.hybrid import HybridClient
@@ -82,7 +83,7 @@ def test_gradient_step_minimises_aux_loss_plus_lambda_times_server_loss() -> Non
     client = make_client(config, "hybrid", steps=1)
     _, top, _ = build_halves(config)
     bottom, aux, reference_top = copy.deepcopy(client.bottom), copy.deepcopy(client.aux), copy.deepcopy(top)
-    optimizer = sgd(list(bottom.parameters()) + list(aux.parameters()), config)
+    optimizer = build_optimizer(list(bottom.parameters()) + list(aux.parameters()), config)
     x, y = client.loader.batch(0)
     # Execute
     drive_round(HybridClient(config), make_server(config, "hybrid", top), client)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from flsplit.models import build_head, cifar_resnet, cut_shape, head_names, num_blocks, resolve_cut, split_model
+from flsplit.models import CutPoint, build_head, cifar_resnet, cut_shape, head_names, num_blocks, resolve_cut, split_model
 
 
 @pytest.mark.parametrize(
@@ -50,7 +50,7 @@ def test_bad_cut_names_the_key(bad: str) -> None:
 @pytest.mark.parametrize("name", ["linear", "pooled", "conv"])
 def test_each_head_maps_activations_to_class_scores(name: str) -> None:
     # Prepare
-    head = build_head(name, (32, 16, 16), 100)
+    head = build_head(name, CutPoint((32, 16, 16), 100))
     # Execute
     out = head(torch.randn(3, 32, 16, 16))
     # Assert
@@ -58,12 +58,12 @@ def test_each_head_maps_activations_to_class_scores(name: str) -> None:
 
 
 def test_linear_head_is_flatten_then_one_fully_connected_layer() -> None:
-    head = build_head("linear", (16, 32, 32), 10)
+    head = build_head("linear", CutPoint((16, 32, 32), 10))
     linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 1 and linears[0].in_features == 16 * 32 * 32
 
 
 def test_unknown_head_lists_the_registered_ones() -> None:
     with pytest.raises(ValueError, match="aux-head.*linear"):
-        build_head("mlp9", (16, 32, 32), 10)
+        build_head("mlp9", CutPoint((16, 32, 32), 10))
     assert {"linear", "pooled", "conv"} <= set(head_names())

@@ -18,7 +18,8 @@ from apps.client_app import train_step
 from apps.exchange import Exchange
 from flsplit.config import parse_run_config
 from flsplit.ledger import Ledger
-from flsplit.split import build_halves, sgd
+from flsplit.optim import build_optimizer
+from flsplit.split import build_halves
 from flsplit.wire import Packet, PayloadError, encode
 from strategies import get_strategy
 from tests.in_process_grid import InProcessGrid
@@ -97,7 +98,7 @@ def _honest(message: Message, context: Context) -> Message:
 
 def _server():  # noqa: ANN202
     _, top, _ = build_halves(CONFIG)
-    return get_strategy("dsl").server(top, sgd(list(top.parameters()), CONFIG), CONFIG)
+    return get_strategy("dsl").server(top, build_optimizer(list(top.parameters()), CONFIG), CONFIG)
 
 
 @pytest.mark.parametrize("kind", list(EXPECTED))

@@ -8,7 +8,8 @@ from torch import nn
 
 from flsplit.config import RunConfig
 from flsplit.data import PartitionLoader, load_dataset
-from flsplit.split import activation_shape, build_halves, sgd
+from flsplit.optim import build_optimizer
+from flsplit.split import activation_shape, build_halves
 from flsplit.wire import Packet
 from strategies import ClientSlice, get_strategy, strategy_names
 from strategies.csl import CSLClient
@@ -33,7 +34,7 @@ def test_one_csl_step_through_the_codec_equals_one_unsplit_backprop_step() -> No
     config = _config()
     ref_bottom, ref_top, _ = build_halves(config)
     reference = nn.Sequential(*ref_bottom, *ref_top)
-    optimizer = sgd(list(reference.parameters()), config)
+    optimizer = build_optimizer(list(reference.parameters()), config)
     loader = PartitionLoader(load_dataset("synthetic"), np.arange(64), config.batch_size, config.seed, 0)
     x, y = loader.batch(0)
     # Execute
@@ -67,7 +68,7 @@ def test_dsl_server_sends_nothing_back_and_trains_the_top() -> None:
     config = _config()
     client, top = _client(config, with_aux=True, steps=4)
     before = [p.detach().clone() for p in top.parameters()]
-    server = DSLServer(top, sgd(list(top.parameters()), config), config)
+    server = DSLServer(top, build_optimizer(list(top.parameters()), config), config)
     # Execute
     upload = DSLClient(config).train(Packet(), client, BIG)
     reply = server.on_upload(0, through_wire(upload, server.upload_specs(activation_shape(config))))

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flsplit.split import build_halves, sgd
+from flsplit.optim import build_optimizer
+from flsplit.split import build_halves
 from flsplit.wire import Packet, PayloadError, weights_of
 from strategies import get_strategy
 from strategies.cse_fsl import CSEFSLClient
@@ -43,11 +44,12 @@ def test_splitfed_v2_is_csl_that_always_aggregates() -> None:
     assert not CSL.aggregates(make_config(**{"aggregate-clients": False}))
 
 
-def test_splitfed_v1_trains_one_copy_per_client_and_averages_them_by_samples() -> None:
-    # Prepare: client 0 trains 2 batches, client 1 one batch
+def test_splitfed_v1_trains_one_copy_per_client_and_averages_them_by_partition_size() -> None:
+    # Prepare: client 0 trains 2 batches of a partition of 64, client 1 one batch of 192
     config = make_config(strategy="splitfed-v1")
     _, top, _ = build_halves(config)
     server = make_server(config, "splitfed-v1", top)
+    server.partition_sizes = {0: 64, 1: 192}
     initial = copy.deepcopy(top.state_dict())
     clients = [make_client(config, "splitfed-v1", steps=2, partition=0), make_client(config, "splitfed-v1", steps=1, partition=1)]
     # Execute
@@ -61,7 +63,7 @@ def test_splitfed_v1_trains_one_copy_per_client_and_averages_them_by_samples() -
     # Assert: the copies trained apart, not the shared top...
     assert all(torch.equal(initial[k], v) for k, v in shared_before_averaging.items())
     assert any(not torch.equal(copies[0][k], copies[1][k]) for k in copies[0])
-    expected = {k: (2 * copies[0][k] + copies[1][k]) / 3 for k in copies[0]}
+    expected = {k: (64 * copies[0][k] + 192 * copies[1][k]) / 256 for k in copies[0]}  # as the slices are
     for key, value in weights_of({"top": server.top}).items():  # ...which becomes their average
         assert torch.allclose(value, expected[key], atol=1e-6), key
         assert torch.equal(weights_of({"top": server.copies[1][0]})[key], value)
@@ -71,6 +73,7 @@ def test_splitfed_v1_server_copies_survive_a_checkpoint() -> None:
     # Prepare
     config = make_config(strategy="splitfed-v1")
     server = make_server(config, "splitfed-v1", build_halves(config)[1])
+    server.partition_sizes = {0: 64}
     drive_round(CSLClient(config), server, make_client(config, "splitfed-v1", steps=2))
     server.end_round(1, None)
     # Execute
@@ -88,7 +91,7 @@ def test_fedavg_client_trains_the_whole_network_as_plain_pytorch_does() -> None:
     client = make_client(config, "fedavg", steps=3)
     bottom, top, _ = build_halves(config)
     reference = nn.Sequential(*bottom, *top)
-    optimizer = sgd(list(reference.parameters()), config)
+    optimizer = build_optimizer(list(reference.parameters()), config)
     # Execute
     _, uploads = drive_round(FedAvgClient(config), make_server(config, "fedavg", build_halves(config)[1]), client)
     for step in range(3):

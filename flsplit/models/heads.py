@@ -1,21 +1,42 @@
 """Auxiliary heads that give the client a local loss on the cut-layer activations.
 
 Heads are looked up by name, so a run config selects one and a new head is one
-``@register_head`` function away.
+``@register_head`` function away. A head is built from the ``CutPoint``: the activation shape
+at the cut, the number of classes, and which network was cut where (for heads, such as
+FSL-SAGE's ``resnet-stage``, that copy part of the network).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 
-HeadFactory = Callable[[tuple[int, int, int], int], nn.Module]
+from flsplit.models.networks import build_model, cut_shape, next_stage_blocks
+
+
+@dataclass(frozen=True)
+class CutPoint:
+    """Where a network is cut: what a head needs to know to be built."""
+
+    shape: tuple[int, ...]  # per-sample activation shape at the cut, e.g. (16, 32, 32)
+    num_classes: int
+    model: str = ""  # the network's name, for heads built from its layers
+    blocks: int = 0  # blocks kept on the client
+
+    @classmethod
+    def of(cls, model: str, blocks: int, num_classes: int) -> CutPoint:
+        """The cut after ``blocks`` blocks of the named network (shape from a dry run)."""
+        return cls(cut_shape(blocks, model, num_classes), num_classes, model, blocks)
+
+
+HeadFactory = Callable[[CutPoint], nn.Module]
 _HEADS: dict[str, HeadFactory] = {}
 
 
 def register_head(name: str) -> Callable[[HeadFactory], HeadFactory]:
-    """Register a head factory ``(cut_shape, num_classes) -> nn.Module`` under ``name``."""
+    """Register a head factory ``CutPoint -> nn.Module`` under ``name``."""
 
     def wrap(factory: HeadFactory) -> HeadFactory:
         _HEADS[name] = factory
@@ -29,36 +50,55 @@ def head_names() -> list[str]:
     return sorted(_HEADS)
 
 
-def build_head(name: str, cut_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """Build the head registered as ``name`` for activations of shape ``cut_shape``."""
+def build_head(name: str, cut: CutPoint) -> nn.Module:
+    """Build the head registered as ``name`` for the activations at ``cut``."""
     if name not in _HEADS:
         raise ValueError(f"aux-head: unknown head '{name}'; choose one of {head_names()}")
-    return _HEADS[name](cut_shape, num_classes)
+    return _HEADS[name](cut)
 
 
 @register_head("linear")
-def linear_head(cut_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """The DSL paper's head: flatten, then one fully connected layer."""
-    c, h, w = cut_shape
-    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, num_classes))
+def linear_head(cut: CutPoint) -> nn.Module:
+    """The DSL paper's (and the official CSE-FSL code's) head: flatten, one fully connected layer."""
+    numel = 1
+    for size in cut.shape:
+        numel *= size
+    return nn.Sequential(nn.Flatten(), nn.Linear(numel, cut.num_classes))
 
 
 @register_head("pooled")
-def pooled_head(cut_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def pooled_head(cut: CutPoint) -> nn.Module:
     """Average-pool to 4x4 first: far fewer inputs, and it stays stable at larger learning rates."""
-    c, _, _ = cut_shape
-    return nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(c * 16, num_classes))
+    c = cut.shape[0]
+    return nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(c * 16, cut.num_classes))
 
 
 @register_head("conv")
-def conv_head(cut_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def conv_head(cut: CutPoint) -> nn.Module:
     """One 3x3 convolution with batch norm, global pooling and a linear layer."""
-    c, _, _ = cut_shape
+    c = cut.shape[0]
     return nn.Sequential(
         nn.Conv2d(c, c, 3, 1, 1, bias=False),
         nn.BatchNorm2d(c),
         nn.ReLU(),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(c, num_classes),
+        nn.Linear(c, cut.num_classes),
     )
+
+
+@register_head("resnet-stage")
+def resnet_stage_head(cut: CutPoint) -> nn.Module:
+    """FSL-SAGE's auxiliary model: the residual stage after the cut (fresh), pooling, linear.
+
+    For ResNet-18 cut after ``layer2`` this is a fresh ``layer3`` (about 2.1 M parameters), as
+    in the reference; for a CIFAR ResNet cut at the end of a stage, the next 16/32/64-channel
+    stage. The blocks come from a newly built network, so they are initialised as the
+    network's own layers are, from the caller's random state.
+    """
+    if not cut.model:
+        raise ValueError("aux-head: 'resnet-stage' needs the network that was cut")
+    network = build_model(cut.model, cut.num_classes)
+    stage = [network[i] for i in next_stage_blocks(cut.model, cut.blocks)]
+    channels = next(m.out_channels for block in reversed(stage) for m in reversed(list(block.modules())) if isinstance(m, nn.Conv2d))
+    return nn.Sequential(*stage, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, cut.num_classes))

@@ -59,13 +59,6 @@ class Classifier(nn.Sequential):
         super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
 
 
-def num_blocks(model_name: str) -> int:
-    """Number of residual blocks (3n for depth 6n+2) of a named model."""
-    if model_name not in DEPTHS:
-        raise ValueError(f"model: unknown model '{model_name}'; choose one of {sorted(DEPTHS)}")
-    return 3 * ((DEPTHS[model_name] - 2) // 6)
-
-
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, (nn.Conv2d, nn.Linear)):
         nn.init.kaiming_normal_(module.weight)
@@ -73,7 +66,9 @@ def _init_weights(module: nn.Module) -> None:
 
 def cifar_resnet(model_name: str, num_classes: int = 10) -> nn.Sequential:
     """Build a named CIFAR ResNet as ``Sequential(stem, block_1, ..., block_3n, classifier)``."""
-    per_stage = num_blocks(model_name) // 3
+    if model_name not in DEPTHS:
+        raise ValueError(f"model: unknown model '{model_name}'; choose one of {sorted(DEPTHS)}")
+    per_stage = (DEPTHS[model_name] - 2) // 6
     layers: list[nn.Module] = [Stem()]
     in_planes = 16
     for stage, planes in enumerate((16, 32, 64)):
@@ -96,31 +91,3 @@ def split_model(model: nn.Sequential, cut: int) -> tuple[nn.Sequential, nn.Seque
     if not 0 <= cut <= blocks:
         raise ValueError(f"cut: {cut} blocks is outside 0..{blocks} for this model")
     return model[: cut + 1], model[cut + 1 :]
-
-
-def cut_shape(cut: int, model_name: str) -> tuple[int, int, int]:
-    """Per-sample shape ``(C, H, W)`` of the activations after ``cut`` blocks (32x32 input)."""
-    per_stage = num_blocks(model_name) // 3
-    if cut <= per_stage:
-        return (16, 32, 32)
-    if cut <= 2 * per_stage:
-        return (32, 16, 16)
-    return (64, 8, 8)
-
-
-PAPER_CUTS = {"s": 12, "m": 17, "d": 26}
-PAPER_BLOCKS = 54
-
-
-def resolve_cut(cut: str | int, model_name: str) -> int:
-    """Turn ``s``/``m``/``d`` (12/17/26 of ResNet-110's 54 blocks, scaled) or a count into blocks."""
-    blocks = num_blocks(model_name)
-    if isinstance(cut, str) and cut in PAPER_CUTS:
-        return max(1, round(PAPER_CUTS[cut] * blocks / PAPER_BLOCKS))
-    try:
-        k = int(cut)
-    except ValueError:
-        raise ValueError(f"cut: '{cut}' is not s, m, d or a block count") from None
-    if not 1 <= k < blocks:
-        raise ValueError(f"cut: {k} must be between 1 and {blocks - 1} for {model_name}")
-    return k
