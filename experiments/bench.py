@@ -34,6 +34,7 @@ from flsplit.config import parse_run_config
 from flsplit.data import PartitionLoader, load_dataset, partition_indices
 from flsplit.results import read_metrics
 from flsplit.split import build_halves, sgd
+
 CLIENTS = 2
 
 

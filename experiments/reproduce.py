@@ -19,11 +19,10 @@ import shutil
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from experiments.flower_runner import SuperLink, run_config_text
 from experiments.repro_claims import write_claims

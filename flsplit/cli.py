@@ -25,7 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "paths", nargs="+", help="run folders (config.json + metrics.jsonl), or folders that hold them (e.g. results/)"
     )
-    compare.add_argument("--output", "-o", default="report", help="folder for comparison.png and comparison.md (default: report)")
+    compare.add_argument(
+        "--output", "-o", default="report", help="folder for comparison.png and comparison.md (default: report)"
+    )
     return parser
 
 

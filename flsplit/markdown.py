@@ -27,5 +27,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     """
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(v) for v in row.values()) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

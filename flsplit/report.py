@@ -114,7 +114,7 @@ def plot(runs: list[Run], path: Path) -> None:
     panels = [
         ("round", lambda run: run.round_numbers, "linear"),
         ("cumulative training communication, up + down (GB, log scale)", lambda run: run.cumulative_gb, "log"),
-        ("cumulative wall clock, training + evaluation (min)", lambda run: [s / 60 for s in run.cumulative_s], "linear"),
+        ("cumulative wall clock, training + evaluation (min)", _minutes, "linear"),
     ]
     for ax, (label, xs, scale) in zip(axes, panels):
         for run in runs:
@@ -137,6 +137,10 @@ def table(runs: list[Run]) -> str:
     return markdown_table([summary(run) for run in runs])
 
 
+def _minutes(run: Run) -> list[float]:
+    return [t / 60 for t in run.cumulative_s]
+
+
 def write_report(runs: list[Run], output: str | Path) -> tuple[Path, Path]:
     """Write ``comparison.png`` and ``comparison.md`` to ``output``; return their paths."""
     folder = Path(output).expanduser()
@@ -146,7 +150,8 @@ def write_report(runs: list[Run], output: str | Path) -> tuple[Path, Path]:
     markdown.write_text(
         "# Run comparison\n\n"
         + table(runs)
-        + f"\nTotal comm. is training traffic (bytes_up + bytes_down); wall clock is Σ round_s + eval_s.\n\n![test accuracy]({PLOT})\n",
+        + "\nTotal comm. is training traffic (bytes_up + bytes_down); wall clock is Σ round_s + eval_s.\n"
+        + f"\n![test accuracy]({PLOT})\n",
         encoding="utf-8",
     )
     return folder / PLOT, markdown

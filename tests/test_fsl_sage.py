@@ -13,10 +13,10 @@ from flsplit.config import RunConfig
 from flsplit.data import PartitionLoader, load_dataset
 from flsplit.split import build_halves, sgd
 from flsplit.wire import Packet, weights_of
+from tests.halves import drive_round, make_client, make_config, make_server, next_round
 from strategies.alignment import agreement, align, cut_gradient, true_gradients
 from strategies.csl import CSLServer
 from strategies.fsl_sage import FSLSAGEClient
-from tests.halves import drive_round, make_client, make_config, make_server, next_round
 
 
 def _buffer(config: RunConfig, samples: int) -> tuple[torch.Tensor, torch.Tensor]:

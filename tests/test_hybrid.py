@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from flsplit.split import build_halves, sgd
+from tests.halves import drive_round, make_client, make_config, make_server, next_round
 from strategies.csl import CSLClient
 from strategies.dsl import DSLClient
 from strategies.hybrid import HybridClient
-from tests.halves import drive_round, make_client, make_config, make_server, next_round
 
 
 def _assert_same(a: torch.nn.Module, b: torch.nn.Module) -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from flwr.app import Context, Message, RecordDict
 
-from apps import client_app, client_state, server_app
 from flsplit.results import read_metrics
 from tests.in_process_grid import InProcessGrid
+from apps import client_app, client_state, server_app
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 

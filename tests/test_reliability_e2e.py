@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-
 from experiments.flower_runner import SuperLink
 from flsplit.results import read_metrics
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
+from experiments.flower_runner import SuperLink
 from flsplit.config import parse_run_config
 from flsplit.results import read_metrics
 from flsplit.wire import Packet, encode, serialized_size, weights_of
-from experiments.flower_runner import SuperLink
 from strategies import get_strategy
 
 REQUIRED = {

@@ -10,11 +10,11 @@ from flsplit.config import RunConfig
 from flsplit.data import PartitionLoader, load_dataset
 from flsplit.split import activation_shape, build_halves, sgd
 from flsplit.wire import Packet
+from tests.halves import BIG, drive_round, make_client, make_server, through_wire
+from tests.halves import make_config as _config
 from strategies import ClientSlice, get_strategy, strategy_names
 from strategies.csl import CSLClient
 from strategies.dsl import DSLClient, DSLServer
-from tests.halves import BIG, drive_round, make_client, make_server, through_wire
-from tests.halves import make_config as _config
 
 
 def _client(config: RunConfig, with_aux: bool = False, steps: int = 1) -> tuple[ClientSlice, nn.Module]:
