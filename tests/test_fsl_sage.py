@@ -28,6 +28,7 @@ def _buffer(config: RunConfig, samples: int) -> tuple[torch.Tensor, torch.Tensor
         return bottom.train()(torch.cat([x for x, _ in batches])), torch.cat([y for _, y in batches])
 
 
+@pytest.mark.slow  # over 5 s
 @pytest.mark.parametrize("head", ["pooled", "linear"])
 def test_alignment_brings_the_estimated_gradient_closer_to_the_servers(head: str, record_property: pytest.RecordProperty) -> None:
     # Prepare: a fixed buffer, the seeded top slice's true gradients, a seeded estimator
@@ -64,6 +65,7 @@ def test_true_gradients_are_what_a_csl_server_sends_and_leave_the_top_untouched(
     assert all(torch.equal(v, state[k]) for k, v in top.state_dict().items())
 
 
+@pytest.mark.slow  # over 5 s
 def test_client_steps_its_slice_with_the_estimated_gradient_and_uploads_every_qth_batch() -> None:
     # Prepare: 7 batches, upload every 3rd (local iterations 0, 3, 6)
     config = make_config(strategy="fsl-sage", **{"upload-every": 3})
@@ -86,6 +88,7 @@ def test_client_steps_its_slice_with_the_estimated_gradient_and_uploads_every_qt
     assert all(torch.equal(v, aux_before[k]) for k, v in client.aux.state_dict().items())  # not trained locally
 
 
+@pytest.mark.slow  # over 5 s
 def test_server_aligns_every_l_rounds_and_sends_the_aligned_model_with_the_first_request_only() -> None:
     # Prepare: align every 2 rounds (rounds 3, 5, ...), 2 batches per round, buffer of 24 samples
     config = make_config(strategy="fsl-sage", **{"upload-every": 1, "align-every": 2, "align-epochs": 2, "align-buffer": 24})

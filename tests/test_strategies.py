@@ -49,6 +49,7 @@ def test_one_csl_step_through_the_codec_equals_one_unsplit_backprop_step() -> No
         assert torch.allclose(got.float(), want.float(), atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow  # over 5 s
 def test_csl_gives_the_same_weights_when_the_graph_is_rebuilt_in_another_process() -> None:
     # Prepare
     config = _config()
