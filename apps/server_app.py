@@ -18,9 +18,10 @@ from flsplit import checkpoint
 from flsplit.aggregation import build_aggregator
 from flsplit.config import ConfigError, RunConfig, parse_run_config
 from flsplit.ledger import Ledger
-from flsplit.results import ResultsWriter
 from flsplit.optim import build_optimizer
+from flsplit.results import ResultsWriter
 from flsplit.split import build_halves
+from flsplit.tracking import open_tracker
 from strategies import ServerHalf, get_strategy, strategy_names
 from apps import rounds
 from apps.exchange import Exchange
@@ -29,7 +30,7 @@ app = ServerApp()
 
 CHECKPOINT = "checkpoint.pt"
 # Keys that may change between a run and its resumption.
-RESUMABLE_CHANGES = {"resume", "num-server-rounds", "message-timeout"}
+RESUMABLE_CHANGES = {"resume", "num-server-rounds", "message-timeout", "tensorboard"}
 
 
 @app.main()
@@ -45,6 +46,7 @@ def main(grid: Grid, context: Context) -> None:
     writer = ResultsWriter(config.results_dir, _run_name(config))
     restored = _resume(config, writer, server, ledger) if config.resume else None
     first_round = restored["round"] + 1 if restored else 1
+    tracker = open_tracker(config.tensorboard, writer.dir)  # run tracking (flsplit/tracking.py)
     history: list[dict[str, Any]] = restored["metrics"] if restored else []
 
     node_ids = _wait_for_nodes(grid, config)
@@ -106,6 +108,7 @@ def main(grid: Grid, context: Context) -> None:
         history.append(metrics)
         _checkpoint(writer, server, ledger, weights, round_number, history)
         writer.append(metrics)
+        tracker.log(metrics)  # run tracking (flsplit/tracking.py)
         log(
             INFO,
             "round %d/%d: test_acc=%.4f test_loss=%.4f train_loss=%.4f up=%.1fMB down=%.1fMB train %.1fs eval %.1fs%s",
@@ -113,6 +116,7 @@ def main(grid: Grid, context: Context) -> None:
             metrics["bytes_up"] / 1e6, metrics["bytes_down"] / 1e6, train_s, metrics["eval_s"],
             f" failed={metrics['failed_clients']}" if stats.failures else "",
         )
+    tracker.close()
     log(INFO, "flsplit: done; metrics in %s", writer.metrics_path)
 
 

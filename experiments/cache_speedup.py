@@ -17,9 +17,9 @@ import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from apps import client_app, client_state
 from experiments.tables import write_results
 from flsplit.wire import Packet, encode
+from apps import client_app, client_state
 
 
 def _context(strategy: str, steps: int, node_id: int) -> Context:

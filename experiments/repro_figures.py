@@ -114,7 +114,7 @@ def fig6_memory(runs: list[Run], title: str) -> plt.Figure:
             ax.set_ylabel(f"{party} peak memory (MiB)")
             ax.grid(axis="y", alpha=0.3)
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"Fig. 6: peak training memory per party (allocator high-water mark, see README)\n{title}")
+    fig.suptitle(f"Fig. 6: peak training memory per party (allocator high-water mark, see docs/outputs.md)\n{title}")
     fig.tight_layout()
     return fig
 

@@ -19,11 +19,10 @@ import shutil
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from experiments.flower_runner import SuperLink, run_config_text
 from experiments.repro_claims import write_claims
@@ -141,7 +140,7 @@ def run_grid(preset: dict[str, Any], data_dir: str, out: Path, scratch: Path, ti
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu", help="a name in experiments/presets (cpu, paper) or a .toml path")
-    parser.add_argument("--data-dir", default="", help="where the datasets are (see the README's Data section)")
+    parser.add_argument("--data-dir", default="", help="where the datasets are (see docs/outputs.md, Data)")
     parser.add_argument("--plot-only", action="store_true", help="make the figures and claims from existing results")
     parser.add_argument("--out", default="", help="results folder (default experiments/results/reproduce-<preset>)")
     parser.add_argument("--scratch", default="results/reproduce", help="where runs write checkpoints and logs (not committed)")

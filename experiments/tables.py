@@ -6,15 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flsplit.markdown import markdown_table
+
+__all__ = ["RESULTS", "markdown_table", "write_results"]
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """Rows of equal keys as a markdown table, floats to 4 significant digits."""
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def write_results(name: str, rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> str:

@@ -57,6 +57,7 @@ class RunConfig(BaseModel):
     min_clients: int = Field(1, ge=1)
     message_timeout: float = Field(600.0, gt=0)
     resume: bool = False
+    tensorboard: bool = False
     wire_dtype: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     memory_probe: int = Field(3, ge=0)
     client_cache: int = Field(8, ge=0)

@@ -3,11 +3,11 @@
 import torch
 from flwr.app import Context, RecordDict
 
-from apps import client_state
 from flsplit.config import parse_run_config
 from flsplit.wire import Packet, module_state
 from strategies.csl import CSL
 from strategies.dsl import DSL, DSLClient
+from apps import client_state
 
 
 def _context(run_config: dict) -> Context:

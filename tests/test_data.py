@@ -7,8 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flsplit.data import DatasetNotFoundError, PartitionLoader, eval_indices, load_dataset, partition_indices
-from flsplit.data import sources
+from flsplit.data import DatasetNotFoundError, PartitionLoader, eval_indices, load_dataset, partition_indices, sources
 from flsplit.data.augment import augment
 
 

@@ -13,6 +13,8 @@ from experiments.certificates import make_certificates, make_node_key
 from experiments.flower_runner import SuperLink, SuperNode
 from flsplit.results import read_metrics
 
+pytestmark = pytest.mark.slow  # starts real Flower processes (SuperLink, SuperNodes, flwr run)
+
 TINY = {
     "dataset": "'synthetic'", "model": "'resnet20'", "num-server-rounds": 1, "max-batches": 2, "batch-size": 32,
     "eval-samples": 32, "min-clients": 2,  # wait until both SuperNodes have joined

@@ -11,17 +11,17 @@ import pytest
 import torch
 from flwr.app import Context, Message, RecordDict
 
-from apps import client_app, client_state, rounds
-from apps.exchange import Exchange
 from flsplit.config import ConfigError, parse_run_config
 from flsplit.ledger import Ledger
 from flsplit.models import CutPoint, build_head, cut_shape, next_stage_blocks, resolve_cut
 from flsplit.optim import build_optimizer, round_lr
 from flsplit.split import build_halves
 from flsplit.wire import Packet
+from tests.in_process_grid import InProcessGrid
 from strategies import get_strategy
 from strategies.dsl import DSL, DSLClient
-from tests.in_process_grid import InProcessGrid
+from apps import client_app, client_state, rounds
+from apps.exchange import Exchange
 
 PRESETS = Path(__file__).resolve().parents[1] / "experiments" / "presets"
 

@@ -14,10 +14,10 @@ from flsplit.data import PartitionLoader, load_dataset
 from flsplit.optim import build_optimizer
 from flsplit.split import build_halves
 from flsplit.wire import Packet, weights_of
+from tests.halves import drive_round, make_client, make_config, make_server, next_round
 from strategies.alignment import agreement, align, cut_gradient, true_gradients
 from strategies.csl import CSLServer
 from strategies.fsl_sage import FSLSAGEClient
-from tests.halves import drive_round, make_client, make_config, make_server, next_round
 
 
 def _buffer(config: RunConfig, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,6 +29,7 @@ def _buffer(config: RunConfig, samples: int) -> tuple[torch.Tensor, torch.Tensor
         return bottom.train()(torch.cat([x for x, _ in batches])), torch.cat([y for _, y in batches])
 
 
+@pytest.mark.slow  # over 5 s
 @pytest.mark.parametrize("head", ["pooled", "linear", "resnet-stage"])
 def test_alignment_brings_the_estimated_gradient_closer_to_the_servers(head: str, record_property: pytest.RecordProperty) -> None:
     # Prepare: a fixed buffer, the seeded top slice's true gradients, a seeded estimator
@@ -65,6 +66,7 @@ def test_true_gradients_are_what_a_csl_server_sends_and_leave_the_top_untouched(
     assert all(torch.equal(v, state[k]) for k, v in top.state_dict().items())
 
 
+@pytest.mark.slow  # over 5 s
 def test_client_steps_its_slice_with_the_estimated_gradient_and_uploads_every_qth_batch() -> None:
     # Prepare: 7 batches, upload every 3rd (local iterations 0, 3, 6)
     config = make_config(strategy="fsl-sage", **{"upload-every": 3})

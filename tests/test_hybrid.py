@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from flsplit.optim import build_optimizer
 from flsplit.split import build_halves
+from tests.halves import drive_round, make_client, make_config, make_server, next_round
 from strategies.csl import CSLClient
 from strategies.dsl import DSLClient
 from strategies.hybrid import HybridClient
-from tests.halves import drive_round, make_client, make_config, make_server, next_round
 
 
 def _assert_same(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -20,6 +21,7 @@ def _assert_same(a: torch.nn.Module, b: torch.nn.Module) -> None:
         assert torch.allclose(x.float(), y.float(), atol=1e-6, rtol=0), name
 
 
+@pytest.mark.slow  # over 5 s
 def test_lambda_zero_is_dsl_weight_for_weight() -> None:
     # Prepare: two rounds of 3 batches, chunks of two batches
     hybrid_config = make_config(strategy="hybrid", **{"hybrid-lambda": 0.0, "hybrid-k": 1})
@@ -44,6 +46,7 @@ def test_lambda_zero_is_dsl_weight_for_weight() -> None:
     _assert_same(hybrid_server.top, dsl_server.top)
 
 
+@pytest.mark.slow  # over 5 s
 def test_k_one_without_auxiliary_loss_is_csl_also_when_the_graph_is_rebuilt() -> None:
     for drop_live in (False, True):
         # Prepare
@@ -63,6 +66,7 @@ def test_k_one_without_auxiliary_loss_is_csl_also_when_the_graph_is_rebuilt() ->
         _assert_same(hybrid_server.top, csl_server.top)
 
 
+@pytest.mark.slow  # over 5 s
 def test_server_gradient_comes_back_for_every_kth_batch_only() -> None:
     # Prepare: 7 batches, k = 3: gradients for local iterations 2 and 5
     config = make_config(strategy="hybrid", **{"hybrid-lambda": 0.5, "hybrid-k": 3})

@@ -3,7 +3,16 @@
 import pytest
 import torch
 
-from flsplit.models import CutPoint, build_head, cifar_resnet, cut_shape, head_names, num_blocks, resolve_cut, split_model
+from flsplit.models import (
+    CutPoint,
+    build_head,
+    cifar_resnet,
+    cut_shape,
+    head_names,
+    num_blocks,
+    resolve_cut,
+    split_model,
+)
 
 
 @pytest.mark.parametrize(

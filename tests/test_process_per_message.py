@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from flwr.app import Context, Message, RecordDict
 
-from apps import client_app, client_state, server_app
 from flsplit.results import read_metrics
 from tests.in_process_grid import InProcessGrid
+from apps import client_app, client_state, server_app
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -53,6 +53,7 @@ def _run(tmp_path: Path, strategy: str, fresh_process: bool) -> list[dict]:
     return read_metrics(tmp_path / name / "metrics.jsonl")
 
 
+@pytest.mark.slow  # over 5 s
 @pytest.mark.parametrize("strategy", ["fsl-sage", "hybrid", "fedavg"])
 def test_a_process_per_message_gives_the_same_run_as_reused_live_objects(strategy: str, tmp_path: Path) -> None:
     # Execute

@@ -13,16 +13,16 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.common.logger import log
 
-from apps import client_app, rounds
-from apps.client_app import train_step
-from apps.exchange import Exchange
 from flsplit.config import parse_run_config
 from flsplit.ledger import Ledger
 from flsplit.optim import build_optimizer
 from flsplit.split import build_halves
 from flsplit.wire import Packet, PayloadError, encode
-from strategies import get_strategy
 from tests.in_process_grid import InProcessGrid
+from strategies import get_strategy
+from apps import client_app, rounds
+from apps.client_app import train_step
+from apps.exchange import Exchange
 
 pytestmark = pytest.mark.usefixtures("task_identity")  # messages built outside a Flower runtime
 

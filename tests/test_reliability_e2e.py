@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 
 from experiments.flower_runner import SuperLink
 from flsplit.results import read_metrics
+
+pytestmark = pytest.mark.slow  # starts real Flower processes (SuperLink, SuperNodes, flwr run)
 
 TINY = {
     "dataset": "'synthetic'", "model": "'resnet20'", "num-server-rounds": 3, "max-batches": 4,

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
+from experiments.flower_runner import SuperLink
 from flsplit.config import parse_run_config
 from flsplit.results import read_metrics
 from flsplit.wire import Packet, encode, serialized_size, weights_of
-from experiments.flower_runner import SuperLink
 from strategies import get_strategy
+
+pytestmark = pytest.mark.slow  # starts real Flower processes (SuperLink, SuperNodes, flwr run)
 
 REQUIRED = {
     "round", "strategy", "test_accuracy", "test_loss", "train_loss", "aux_accuracy", "bytes_up", "bytes_down",

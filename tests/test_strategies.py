@@ -11,11 +11,11 @@ from flsplit.data import PartitionLoader, load_dataset
 from flsplit.optim import build_optimizer
 from flsplit.split import activation_shape, build_halves
 from flsplit.wire import Packet
+from tests.halves import BIG, drive_round, make_client, make_server, through_wire
+from tests.halves import make_config as _config
 from strategies import ClientSlice, get_strategy, strategy_names
 from strategies.csl import CSLClient
 from strategies.dsl import DSLClient, DSLServer
-from tests.halves import BIG, drive_round, make_client, make_server, through_wire
-from tests.halves import make_config as _config
 
 
 def _client(config: RunConfig, with_aux: bool = False, steps: int = 1) -> tuple[ClientSlice, nn.Module]:
@@ -50,6 +50,7 @@ def test_one_csl_step_through_the_codec_equals_one_unsplit_backprop_step() -> No
         assert torch.allclose(got.float(), want.float(), atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow  # over 5 s
 def test_csl_gives_the_same_weights_when_the_graph_is_rebuilt_in_another_process() -> None:
     # Prepare
     config = _config()

@@ -12,12 +12,12 @@ from torch import nn
 from flsplit.optim import build_optimizer
 from flsplit.split import build_halves
 from flsplit.wire import Packet, PayloadError, weights_of
+from tests.halves import drive_round, make_client, make_config, make_server, next_round
 from strategies import get_strategy
 from strategies.cse_fsl import CSEFSLClient
 from strategies.csl import CSL, CSLClient
 from strategies.dsl import DSLClient
 from strategies.fedavg import FedAvgClient
-from tests.halves import drive_round, make_client, make_config, make_server, next_round
 
 
 def test_cse_fsl_uploads_every_qth_batch_of_each_round_and_averages_slice_and_head() -> None:

@@ -7,7 +7,6 @@ a new process, so computed partitions are cached on disk next to the decoded arr
 from __future__ import annotations
 
 import hashlib
-
 from typing import TYPE_CHECKING
 
 import numpy as np
