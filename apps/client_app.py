@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from flwr.app import ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
+from flsplit.compression import part_dtypes
 from flsplit.config import RunConfig, parse_run_config
 from flsplit.data import eval_indices, test_tensors
 from flsplit.memory import measure
@@ -31,7 +32,9 @@ from apps.client_state import (
 
 app = ClientApp()
 
-MB = 1 << 20
+MiB = 1 << 20
+#: Test images embedded per forward pass while evaluating (bounds the evaluation's memory).
+EVAL_BATCH = 256
 
 
 @lru_cache(maxsize=4)
@@ -101,13 +104,13 @@ def _train_measured(half: ClientHalf, request: Packet, client: ClientSlice, conf
     """``half.train``; the run's first ``memory-probe`` messages also measure peak memory."""
     if client.counters.get("probed", 0) >= config.memory_probe:
         client.live.pop("held_bytes", None)
-        return half.train(request, client, int(config.chunk_mb * MB))
+        return half.train(request, client, int(config.chunk_mb * MiB))
     client.counters["probed"] = client.counters.get("probed", 0) + 1
     # A graph kept from the previous message (CSL) is memory this client holds, allocated
     # before this window opened; it is only in this process if the graph is.
     held = client.live.pop("held_bytes", 0)
     with measure(client.modules().values(), [client.optimizer], held) as reading:
-        upload = half.train(request, client, int(config.chunk_mb * MB))
+        upload = half.train(request, client, int(config.chunk_mb * MiB))
     client.live["held_bytes"] = reading.held_after
     upload.info |= {"memory_peak_bytes": reading.peak, "memory_saved_bytes": reading.saved}
     return upload
@@ -149,7 +152,7 @@ def _evaluate_chunk(context: Context, config: RunConfig, client: ClientSlice, of
     data = client_dataset(context, config)
     order = eval_indices(data, config.eval_samples)
     c, h, w = activation_shape(config)
-    per_message = max(1, int(config.chunk_mb * MB) // (c * h * w * 4))
+    per_message = max(1, int(config.chunk_mb * MiB) // (c * h * w * part_dtypes(config.wire_dtype)[""].itemsize))
     chosen = order[offset : offset + per_message]
     zs, ys = [], []
     aux_correct, aux_loss_sum = 0, 0.0
@@ -157,8 +160,8 @@ def _evaluate_chunk(context: Context, config: RunConfig, client: ClientSlice, of
     if client.aux is not None:
         client.aux.eval()
     with torch.no_grad():
-        for start in range(0, len(chosen), 256):
-            x, y = test_tensors(data, chosen[start : start + 256])
+        for start in range(0, len(chosen), EVAL_BATCH):
+            x, y = test_tensors(data, chosen[start : start + EVAL_BATCH])
             z = client.bottom(x)
             if client.aux is not None:
                 logits = client.aux(z)
@@ -174,4 +177,4 @@ def _evaluate_chunk(context: Context, config: RunConfig, client: ClientSlice, of
         "aux_loss_sum": aux_loss_sum,
         "handler_s": time.perf_counter() - started,
     }
-    return Packet({"activations": {"z": torch.cat(zs)}, "labels": {"y": torch.cat(ys)}}, info)
+    return Packet.upload(torch.cat(zs), torch.cat(ys), info)

@@ -19,6 +19,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from flsplit.ledger import Ledger
+from flsplit.protocol import MessageKind
 from flsplit.wire import Packet, PayloadError, TensorSpec, decode, encode
 
 
@@ -52,12 +53,12 @@ class _TooLargeWatch(logging.Filter):
         return True
 
 
-_TOO_LARGE = _TooLargeWatch()
-logging.getLogger("flwr").addFilter(_TOO_LARGE)
-
-
 class Exchange:
-    """Keeps at most one message in flight per node and returns its reply on request."""
+    """Keeps at most one message in flight per node and returns its reply on request.
+
+    Use it as a context manager (or call ``close``): while open it watches Flower's log for
+    HTTP 413 on pull, with a filter of its own.
+    """
 
     def __init__(
         self,
@@ -72,30 +73,44 @@ class Exchange:
         self.grid, self.ledger, self.client_index = grid, ledger, client_index
         self.poll_s, self.timeout_s, self.wire_dtype = poll_s, timeout_s, wire_dtype
         self.busy_clock = busy_clock  # seconds the server has spent computing so far
-        self._in_flight: dict[str, tuple[int, float, str, float]] = {}  # id -> node, sent, type, busy
-        self._arrived: dict[int, tuple[Message, float, str, float]] = {}
+        self._in_flight: dict[str, tuple[int, float, MessageKind, float]] = {}  # id -> node, sent, kind, busy
+        self._arrived: dict[int, tuple[Message, float, MessageKind, float]] = {}
         self._refused: dict[int, str] = {}  # node -> why the SuperLink did not take its message
-        self._too_large = _TOO_LARGE
+        self._too_large = _TooLargeWatch()
+        logging.getLogger("flwr").addFilter(self._too_large)
 
-    def send(self, node_id: int, message_type: str, packet: Packet, phase: str = "train") -> None:
-        """Push one message to ``node_id``; its reply is collected with ``receive``."""
+    def __enter__(self) -> Exchange:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop watching Flower's log."""
+        logging.getLogger("flwr").removeFilter(self._too_large)
+
+    def send(self, node_id: int, kind: MessageKind, packet: Packet) -> None:
+        """Push one message to ``node_id``; its reply is collected with ``receive``.
+
+        Its bytes, and its reply's, count in the ledger under ``kind``'s phase.
+        """
         if self._message_of(node_id) is not None or node_id in self._refused:
             raise RuntimeError(f"node {node_id} already has a message in flight")
         content = encode(packet, self.wire_dtype)
-        self.ledger.count(self.client_index[node_id], "down", content, phase)
-        message = Message(content, dst_node_id=node_id, message_type=message_type)
+        self.ledger.count(self.client_index[node_id], "down", content, kind.phase)
+        message = Message(content, dst_node_id=node_id, message_type=kind.message_type)
         try:
             ids = list(self.grid.push_messages([message]))
         except Exception as err:  # noqa: BLE001 - e.g. the node went offline; reported on receive
             ids = []
-            self._refused[node_id] = f"SuperLink refused the {message_type} message: {err}"
+            self._refused[node_id] = f"SuperLink refused the {kind.message_type} message: {err}"
         if not ids or not ids[0]:
             self._refused.setdefault(
                 node_id,
-                f"SuperLink refused the {message_type} message (payload over its size limit, or node offline)",
+                f"SuperLink refused the {kind.message_type} message (payload over its size limit, or node offline)",
             )
             return
-        self._in_flight[ids[0]] = (node_id, time.perf_counter(), message_type, self.busy_clock())
+        self._in_flight[ids[0]] = (node_id, time.perf_counter(), kind, self.busy_clock())
 
     def receive(self, node_id: int, specs: Sequence[TensorSpec], same_batch: bool = True) -> Reply:
         """Wait for ``node_id``'s reply and validate it against ``specs`` (if it has tensors)."""
@@ -111,13 +126,13 @@ class Exchange:
                 return Reply(node_id, None, None, f"no reply within {self.timeout_s:g} s (message-timeout)", self.timeout_s)
             if not self._pull(message_id):
                 time.sleep(self.poll_s)
-        message, round_trip, sent_type, busy = self._arrived.pop(node_id)
+        message, round_trip, kind, busy = self._arrived.pop(node_id)
         if message.has_error():
             return Reply(node_id, message, None, f"client error: {message.error.reason}", round_trip, busy)
-        if message.metadata.message_type != sent_type:
-            return Reply(node_id, message, None, f"bad payload: reply of type '{message.metadata.message_type}' to a '{sent_type}' message", round_trip, busy)
-        phase = {"evaluate": "eval", "query.hello": "setup"}.get(sent_type, "train")
-        self.ledger.count(self.client_index[node_id], "up", message.content, phase)
+        if message.metadata.message_type != kind.message_type:
+            reason = f"bad payload: reply of type '{message.metadata.message_type}' to a '{kind.message_type}' message"
+            return Reply(node_id, message, None, reason, round_trip, busy)
+        self.ledger.count(self.client_index[node_id], "up", message.content, kind.phase)
         try:
             packet = decode(message.content, specs if message.content.array_records else [], same_batch, self.wire_dtype)
         except PayloadError as err:
@@ -138,15 +153,15 @@ class Exchange:
     def _pull(self, message_id: str) -> bool:
         self._too_large.seen = False
         replies = list(self.grid.pull_messages([message_id]))
-        node_id, sent_at, sent_type, busy_at_send = self._in_flight[message_id]
+        node_id, sent_at, kind, busy_at_send = self._in_flight[message_id]
         if self._too_large.seen:
             del self._in_flight[message_id]
-            self._refused[node_id] = f"the {sent_type} reply is too large for the SuperLink (HTTP 413); lower chunk-mb"
+            self._refused[node_id] = f"the {kind.message_type} reply is too large for the SuperLink (HTTP 413); lower chunk-mb"
             return True
         for reply in replies:
             if reply.metadata.reply_to_message_id == message_id:
                 del self._in_flight[message_id]
                 busy = self.busy_clock() - busy_at_send
-                self._arrived[node_id] = (reply, time.perf_counter() - sent_at, sent_type, busy)
+                self._arrived[node_id] = (reply, time.perf_counter() - sent_at, kind, busy)
                 return True
         return False

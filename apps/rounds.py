@@ -7,25 +7,28 @@ arrive in, so a run's results depend on its seed and not on timing.
 
 from __future__ import annotations
 
+import resource
+import time
 from dataclasses import dataclass, field
 from logging import ERROR, WARNING
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from flwr.common.logger import log
 from flwr.serverapp.strategy import Strategy
-from torch import nn
 
 from flsplit.aggregation import aggregate_replies
 from flsplit.config import RunConfig
 from flsplit.memory import MemoryReading, measure, tensor_bytes
 from flsplit.optim import set_round_lr
+from flsplit.protocol import MessageKind
 from flsplit.split import activation_shape
 from flsplit.wire import Packet, PayloadError, weight_specs
-from strategies import ServerHalf
-from apps.exchange import Exchange
+from strategies import ServerHalf, SplitStrategy
+from apps.exchange import Exchange, Reply
 
-MB = 1 << 20
+MiB = 1 << 20
 
 
 @dataclass
@@ -54,6 +57,22 @@ class RoundStats:
     server_memory: MemoryReading | None = None
     failures: dict[int, str] = field(default_factory=dict)  # partition id -> reason
 
+    def note_upload(self, upload: Packet, reply: Reply) -> None:
+        """Add one training upload's report (the ClientApp's timing and memory, the strategy's loss)."""
+        report = UploadReport.of(upload)
+        self.client_fwd_s += report.fwd_s
+        self.client_bwd_s += report.bwd_s
+        # The round trip minus what covered it: the client's handler and, running at the same
+        # time, the server's own training on other uploads.
+        self.comm_s += max(0.0, reply.round_trip_s - max(report.handler_s, reply.server_busy_s))
+        self.round_trip_s += reply.round_trip_s
+        self.messages += 1
+        self.aux_loss_sum += report.aux_loss_sum
+        self.samples += report.local_samples
+        self.peak_rss_mb = max(self.peak_rss_mb, report.peak_rss_mb)
+        if report.memory is not None:
+            self.note_memory("client", report.memory)
+
     def note_memory(self, party: str, reading: MemoryReading) -> None:
         """Keep the highest peak measured for ``party`` (``client`` or ``server``) this round."""
         attribute = f"{party}_memory"
@@ -61,25 +80,71 @@ class RoundStats:
         if current is None or reading.peak > current.peak:
             setattr(self, attribute, reading)
 
-    def memory_metrics(self) -> dict[str, float | None]:
-        """Probed peaks and autograd's saved bytes in MiB (``None`` in rounds without a probe)."""
-        out: dict[str, float | None] = {}
-        for party in ("client", "server"):
-            reading = getattr(self, f"{party}_memory")
-            out[f"{party}_peak_mb"] = reading.peak / MB if reading else None
-            out[f"{party}_saved_mb"] = reading.saved / MB if reading else None
-        return out
-
     def fail(self, client: Client, reason: str, phase: str) -> None:
         """Record a client's failure in this round and log it with the client's name."""
         log(ERROR, "client %d (node %d) failed in %s: %s", client.partition_id, client.node_id, phase, reason)
         self.failures.setdefault(client.partition_id, f"{phase}: {reason}")
 
+    def as_metrics(self) -> dict[str, Any]:
+        """The round's client-side measurements and failures, as ``metrics.jsonl`` fields."""
+        out: dict[str, Any] = {
+            "aux_train_loss": self.aux_loss_sum / self.samples if self.samples else None,
+            "client_fwd_s": self.client_fwd_s,
+            "client_bwd_s": self.client_bwd_s,
+            "comm_s": self.comm_s,
+            "train_messages": self.messages,
+            "train_samples": self.samples,
+            "round_trip_s": self.round_trip_s,
+            "client_peak_rss_mb": self.peak_rss_mb,
+        }
+        for party in ("client", "server"):  # probed peaks and autograd's saved bytes, in MiB
+            reading = getattr(self, f"{party}_memory")
+            out[f"{party}_peak_mb"] = reading.peak / MiB if reading else None
+            out[f"{party}_saved_mb"] = reading.saved / MiB if reading else None
+        out["failed_clients"] = sorted(self.failures)
+        out["failures"] = [{"client": pid, "reason": why} for pid, why in sorted(self.failures.items())]
+        return out
+
+
+@dataclass(frozen=True)
+class UploadReport:
+    """The control fields of a training upload, read in one place.
+
+    The ClientApp always sets the timing fields; a strategy's client sets ``aux_loss_sum``
+    and ``local_samples`` when it trains on more samples than it uploads (DSL's family).
+    A required field that is missing is a protocol error, never a silent zero.
+    """
+
+    fwd_s: float
+    bwd_s: float
+    handler_s: float
+    peak_rss_mb: float
+    aux_loss_sum: float
+    local_samples: int
+    memory: MemoryReading | None
+
+    @classmethod
+    def of(cls, upload: Packet) -> UploadReport:
+        info = upload.info
+        missing = [key for key in ("fwd_s", "bwd_s", "handler_s", "peak_rss_mb") if key not in info]
+        if missing:
+            raise PayloadError(f"info: the upload lacks {missing}")
+        probed = "memory_peak_bytes" in info
+        return cls(
+            fwd_s=float(info["fwd_s"]),  # type: ignore[arg-type]
+            bwd_s=float(info["bwd_s"]),  # type: ignore[arg-type]
+            handler_s=float(info["handler_s"]),  # type: ignore[arg-type]
+            peak_rss_mb=float(info["peak_rss_mb"]),  # type: ignore[arg-type]
+            aux_loss_sum=float(info.get("aux_loss_sum", 0.0)),  # type: ignore[arg-type]
+            local_samples=int(info.get("local_samples", len(upload.labels) if upload.has_data else 0)),  # type: ignore[arg-type]
+            memory=MemoryReading(int(info["memory_peak_bytes"]), int(info["memory_saved_bytes"])) if probed else None,  # type: ignore[arg-type]
+        )
+
 
 def hello(exchange: Exchange, node_ids: list[int], info: dict) -> list[Client]:
     """Greet every node (passing ``info``, e.g. a checkpoint to restore); order by partition."""
     for node_id in node_ids:
-        exchange.send(node_id, "query.hello", Packet(info=dict(info)), phase="setup")
+        exchange.send(node_id, MessageKind.HELLO, Packet(info=dict(info)))
     found = []
     for node_id in node_ids:
         reply = exchange.receive(node_id, [])
@@ -95,167 +160,198 @@ def hello(exchange: Exchange, node_ids: list[int], info: dict) -> list[Client]:
     return clients
 
 
-def train_round(
-    exchange: Exchange,
-    server: ServerHalf,
-    clients: list[Client],
-    config: RunConfig,
-    round_number: int,
-    probes: dict[int, int] | None = None,
-    sequential: bool = False,
-) -> RoundStats:
-    """Serve every client's uploads until all are done (or dropped).
+class RoundDriver:
+    """Runs the rounds of one run: training exchange, aggregation, evaluation, metrics.
 
-    Interleaved, clients take turns one upload at a time; ``sequential`` serves one client's
-    whole round before the next one starts. ``probes`` counts, per partition, the uploads
-    already measured for the server's peak memory across rounds; the first ``memory-probe``
-    of each client's are.
+    It holds what every phase needs (the exchange, the server half, the clients, the config)
+    so that the ServerApp's loop reads ``metrics = driver.run_round(r)``, as Flower's
+    ``Strategy.start`` keeps its state on ``self``.
     """
-    probes = {} if probes is None else probes
-    stats = RoundStats()
-    for optimizer in server.scheduled_optimizers():
-        set_round_lr(optimizer, config, round_number)
-    server.begin_round(round_number)
-    for group in ([c] for c in clients) if sequential else [list(clients)]:
-        _serve_clients(exchange, server, group, config, round_number, probes, stats)
-    return stats
 
+    def __init__(
+        self,
+        exchange: Exchange,
+        server: ServerHalf,
+        strategy: type[SplitStrategy],
+        clients: list[Client],
+        config: RunConfig,
+        aggregator: Strategy,
+    ) -> None:
+        self.exchange, self.server, self.strategy = exchange, server, strategy
+        self.clients, self.config, self.aggregator = clients, config, aggregator
+        self.synced = strategy.synced_modules(strategy.client_modules(config))
+        self.specs = server.upload_specs(activation_shape(config))
+        self.probes: dict[int, int] = {}  # uploads measured for the server's peak memory, per partition
+        self.aggregated: dict[str, torch.Tensor] | None = None  # the last round's averaged slice
+        server.partition_sizes = {c.index: c.num_examples for c in clients}
 
-def _serve_clients(
-    exchange: Exchange,
-    server: ServerHalf,
-    active: list[Client],
-    config: RunConfig,
-    round_number: int,
-    probes: dict[int, int],
-    stats: RoundStats,
-) -> None:
-    """Serve ``active`` round-robin, one upload of each in turn, until all are done or dropped."""
-    specs = server.upload_specs(activation_shape(config))
+    def run_round(self, round_number: int) -> dict[str, Any]:
+        """Train, aggregate (if the strategy does), evaluate; return the round's metrics."""
+        started = time.perf_counter()
+        stats = self.train(round_number)
+        train_s = time.perf_counter() - started
+        weights = self.aggregate(round_number, stats) if self.strategy.aggregates(self.config) else None
+        self.server.end_round(round_number, weights)
+        eval_started = time.perf_counter()
+        evaluation = self.evaluate(round_number, weights, stats)
+        metrics = {
+            "round": round_number,
+            "strategy": self.config.strategy,
+            "num_clients": len(self.clients),
+            **evaluation,
+            **self.server.take_metrics(),
+            **self.exchange.ledger.round_summary(),
+            **stats.as_metrics(),
+            "server_s": self.server.watch.take().get("server", 0.0),
+            "round_s": train_s,
+            "eval_s": time.perf_counter() - eval_started,
+            "server_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        if not self.strategy.uses_aux_head:
+            metrics["aux_accuracy"] = metrics["aux_train_loss"] = None
+        self.aggregated = weights
+        return metrics
 
-    def request(client: Client, packet: Packet | None = None) -> Packet:
-        packet = packet or server.request(client.index)
+    def train(self, round_number: int) -> RoundStats:
+        """Serve every client's uploads until all are done (or dropped).
+
+        Interleaved, clients take turns one upload at a time; a strategy (or ``serve-order``)
+        that serves sequentially finishes one client's round before the next one starts.
+        """
+        stats = RoundStats()
+        for optimizer in self.server.scheduled_optimizers():
+            set_round_lr(optimizer, self.config, round_number)
+        self.server.begin_round(round_number)
+        sequential = self.strategy.serves_sequentially(self.config)
+        for group in ([c] for c in self.clients) if sequential else [list(self.clients)]:
+            self._serve(group, round_number, stats)
+        return stats
+
+    def _serve(self, active: list[Client], round_number: int, stats: RoundStats) -> None:
+        """Serve ``active`` round-robin, one upload of each in turn, until all are done or dropped."""
+        for client in active:
+            self._request(client, round_number)
+        while active:
+            for client in list(active):
+                reply = self.exchange.receive(client.node_id, self.specs)
+                upload = reply.packet
+                try:
+                    if upload is None:
+                        raise PayloadError(reply.error or "no reply")
+                    self.server.check_upload(upload)
+                    stats.note_upload(upload, reply)
+                except PayloadError as err:
+                    stats.fail(client, str(err), "training")
+                    self.exchange.abandon(client.node_id)
+                    active.remove(client)
+                    continue
+                done = bool(upload.info.get("done"))
+                # Pipelined: the next request does not depend on this upload, so it goes out
+                # before the server trains on it and client and server compute overlap.
+                pipelined = not self.server.awaits_reply(client.index)
+                if pipelined and not done:
+                    self._request(client, round_number)
+                answer = self._train_on(client, upload, stats) if upload.has_data else None
+                if not pipelined and not done:
+                    self._request(client, round_number, answer)
+                if done:
+                    active.remove(client)
+
+    def _request(self, client: Client, round_number: int, packet: Packet | None = None) -> None:
+        packet = packet or self.server.request(client.index)
         packet.info["round"] = round_number
-        return packet
+        self.exchange.send(client.node_id, MessageKind.STEP, packet)
 
-    for client in active:
-        exchange.send(client.node_id, "train.step", request(client))
-    while active:
-        for client in list(active):
-            reply = exchange.receive(client.node_id, specs)
-            upload = reply.packet
-            try:
-                if upload is None:
-                    raise PayloadError(reply.error or "no reply")
-                server.check_upload(upload)
-            except PayloadError as err:
-                stats.fail(client, str(err), "training")
-                exchange.abandon(client.node_id)
-                active.remove(client)
+    def _train_on(self, client: Client, upload: Packet, stats: RoundStats) -> Packet | None:
+        """``server.on_upload``, measuring the server's peak memory on the first uploads."""
+        if self.probes.get(client.partition_id, 0) >= self.config.memory_probe:
+            return self.server.on_upload(client.index, upload)
+        self.probes[client.partition_id] = self.probes.get(client.partition_id, 0) + 1
+        received = tensor_bytes(t for group in upload.tensors.values() for t in group.values())
+        modules, optimizers = self.server.trained_state()
+        with measure(modules, optimizers, held=received) as reading:
+            answer = self.server.on_upload(client.index, upload)
+        stats.note_memory("server", reading)
+        return answer
+
+    def aggregate(self, round_number: int, stats: RoundStats) -> dict[str, torch.Tensor] | None:
+        """Average the client slices with a Flower strategy's ``aggregate_train`` (FedAvg by default)."""
+        live = [c for c in self.clients if c.partition_id not in stats.failures]
+        for client in live:
+            self.exchange.send(client.node_id, MessageKind.SYNC, Packet(info={"round": round_number}))
+        replies = []
+        specs = weight_specs(self.synced)
+        for client in live:
+            reply = self.exchange.receive(client.node_id, specs, same_batch=False)
+            if reply.packet is None:
+                stats.fail(client, reply.error or "no reply", "aggregation")
                 continue
-            done = bool(upload.info.get("done"))
-            stats.client_fwd_s += float(upload.info.get("fwd_s", 0.0))
-            stats.client_bwd_s += float(upload.info.get("bwd_s", 0.0))
-            # The round trip minus what covered it: the client's handler and, running at the same
-            # time, the server's own training on other uploads.
-            covered = max(float(upload.info.get("handler_s", 0.0)), reply.server_busy_s)
-            stats.comm_s += max(0.0, reply.round_trip_s - covered)
-            stats.round_trip_s += reply.round_trip_s
-            stats.messages += 1
-            stats.aux_loss_sum += float(upload.info.get("aux_loss_sum", 0.0))
-            uploaded = len(upload.tensors["labels"]["y"]) if upload.tensors else 0
-            stats.samples += int(upload.info.get("local_samples", uploaded))
-            stats.peak_rss_mb = max(stats.peak_rss_mb, float(upload.info.get("peak_rss_mb", 0.0)))
-            # Pipelined: the next request does not depend on this upload, so it goes out before
-            # the server trains on it and client and server compute overlap.
-            pipelined = not server.awaits_reply(client.index)
-            if pipelined and not done:
-                exchange.send(client.node_id, "train.step", request(client))
-            if "memory_peak_bytes" in upload.info:
-                stats.note_memory("client", MemoryReading(int(upload.info["memory_peak_bytes"]), int(upload.info["memory_saved_bytes"])))
-            reply_packet = _serve(server, client, upload, probes, stats) if upload.tensors else None
-            if not pipelined and not done:
-                exchange.send(client.node_id, "train.step", request(client, reply_packet))
-            if done:
-                active.remove(client)
+            replies.append(reply.message)
+        if not replies:
+            log(WARNING, "round %d: no client slice to aggregate", round_number)
+            return None
+        return aggregate_replies(self.aggregator, round_number, replies)
 
+    def evaluate(self, round_number: int, weights: dict[str, torch.Tensor] | None, stats: RoundStats) -> dict[str, float | None]:
+        """Each client's slice embeds the test split; the top slice scores it.
 
-def _serve(server: ServerHalf, client: Client, upload: Packet, probes: dict[int, int], stats: RoundStats) -> Packet | None:
-    """``server.on_upload``, measuring the server's peak memory on the first uploads."""
-    if probes.get(client.partition_id, 0) >= server.config.memory_probe:
-        return server.on_upload(client.index, upload)
-    probes[client.partition_id] = probes.get(client.partition_id, 0) + 1
-    received = tensor_bytes(t for group in upload.tensors.values() for t in group.values())
-    modules, optimizers = server.trained_state()
-    with measure(modules, optimizers, held=received) as reading:
-        reply = server.on_upload(client.index, upload)
-    stats.note_memory("server", reading)
-    return reply
+        Every reachable client gets one evaluate message per round, which carries the
+        aggregated weights (if any) and tells it to checkpoint its slice as of this round.
+        With aggregated slices every client holds the same weights, so only the first one
+        runs the test split.
+        """
+        reachable = [c for c in self.clients if c.partition_id not in stats.failures]
+        evaluators = reachable[:1] if weights is not None else reachable
+        for client in reachable:
+            info = {"offset": 0, "evaluate": client in evaluators, "checkpoint_round": round_number}
+            self.exchange.send(client.node_id, MessageKind.EVALUATE, Packet({"weights": weights} if weights is not None else {}, info))
+        results = []
+        self.server.top.eval()
+        for client in reachable:
+            scored = self._score(client, client in evaluators, stats)
+            if scored is not None:
+                results.append(scored)
+        self.server.top.train()
+        if not results:
+            return {"test_accuracy": float("nan"), "test_loss": float("nan"), "aux_accuracy": None}
+        return {
+            "test_accuracy": sum(r[0] for r in results) / len(results),
+            "test_loss": sum(r[1] for r in results) / len(results),
+            "aux_accuracy": sum(r[2] for r in results) / len(results),
+        }
 
-
-def aggregate(exchange: Exchange, clients: list[Client], modules: dict[str, nn.Module], round_number: int, stats: RoundStats, aggregator: Strategy) -> dict[str, torch.Tensor] | None:
-    """Average the client ``modules`` with a Flower strategy's ``aggregate_train`` (FedAvg by default)."""
-    live = [c for c in clients if c.partition_id not in stats.failures]
-    for client in live:
-        exchange.send(client.node_id, "train.sync", Packet(info={"round": round_number}))
-    replies = []
-    specs = weight_specs(modules)
-    for client in live:
-        reply = exchange.receive(client.node_id, specs, same_batch=False)
-        if reply.packet is None:
-            stats.fail(client, reply.error or "no reply", "aggregation")
-            continue
-        replies.append(reply.message)
-    if not replies:
-        log(WARNING, "round %d: no client slice to aggregate", round_number)
-        return None
-    return aggregate_replies(aggregator, round_number, replies)
-
-
-def evaluate(exchange: Exchange, server: ServerHalf, clients: list[Client], config: RunConfig, weights: dict[str, torch.Tensor] | None, stats: RoundStats, checkpoint: dict) -> dict[str, float | None]:
-    """Each client's slice embeds the test split; the top slice scores it.
-
-    Every reachable client gets one evaluate message per round, which carries the aggregated
-    weights (if any) and tells it where to checkpoint its slice. With aggregated slices every
-    client holds the same weights, so only the first one runs the test split.
-    """
-    specs = server.upload_specs(activation_shape(config))
-    reachable = [c for c in clients if c.partition_id not in stats.failures]
-    evaluators = reachable[:1] if weights is not None else reachable
-    for client in reachable:
-        packet = Packet({"weights": weights} if weights is not None else {}, {"offset": 0, "evaluate": client in evaluators, **checkpoint})
-        exchange.send(client.node_id, "evaluate", packet, phase="eval")
-    results = []
-    server.top.eval()
-    for client in reachable:
+    def _score(self, client: Client, evaluates: bool, stats: RoundStats) -> tuple[float, float, float] | None:
+        """Collect one client's test-split chunks; ``(accuracy, loss, aux accuracy)`` or ``None``."""
         correct = samples = aux_correct = 0
         loss_sum = 0.0
         while True:
-            reply = exchange.receive(client.node_id, specs)
+            reply = self.exchange.receive(client.node_id, self.specs)
             if reply.packet is None:
                 stats.fail(client, reply.error or "no reply", "evaluation")
-                break
+                return None
             info = reply.packet.info
-            if client not in evaluators:
-                break
+            if not evaluates:
+                return None
             if not info["done"]:
-                exchange.send(client.node_id, "evaluate", Packet(info={"offset": int(info["next_offset"]), "evaluate": True}), phase="eval")
-            z = reply.packet.tensors["activations"]["z"]
-            y = reply.packet.tensors["labels"]["y"]
+                request = Packet(info={"offset": int(info["next_offset"]), "evaluate": True})  # type: ignore[arg-type]
+                self.exchange.send(client.node_id, MessageKind.EVALUATE, request)
+            y = reply.packet.labels
             with torch.no_grad():
-                logits = server.top(z)
+                logits = self.server.top(reply.packet.activations)
                 loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
                 correct += int((logits.argmax(1) == y).sum())
             samples += len(y)
-            aux_correct += int(info.get("aux_correct", 0))
+            aux_correct += int(info["aux_correct"])  # type: ignore[arg-type]
             if info["done"]:
-                results.append((correct / samples, loss_sum / samples, aux_correct / samples))
-                break
-    server.top.train()
-    if not results:
-        return {"test_accuracy": float("nan"), "test_loss": float("nan"), "aux_accuracy": None}
-    return {
-        "test_accuracy": sum(r[0] for r in results) / len(results),
-        "test_loss": sum(r[1] for r in results) / len(results),
-        "aux_accuracy": sum(r[2] for r in results) / len(results),
-    }
+                return correct / samples, loss_sum / samples, aux_correct / samples
+
+
+def round_line(metrics: dict[str, Any], total_rounds: int) -> str:
+    """The one log line per round: accuracy, losses, traffic and time."""
+    failed = f" failed={metrics['failed_clients']}" if metrics["failed_clients"] else ""
+    return (
+        f"round {metrics['round']}/{total_rounds}: test_acc={metrics['test_accuracy']:.4f} "
+        f"test_loss={metrics['test_loss']:.4f} train_loss={metrics['train_loss']:.4f} "
+        f"up={metrics['bytes_up'] / MiB:.1f}MiB down={metrics['bytes_down'] / MiB:.1f}MiB "
+        f"train {metrics['round_s']:.1f}s eval {metrics['eval_s']:.1f}s{failed}"
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import time
 from datetime import datetime, timezone
 from logging import INFO, WARNING
@@ -29,6 +28,8 @@ from apps.exchange import Exchange
 app = ServerApp()
 
 CHECKPOINT = "checkpoint.pt"
+#: How long the ServerApp waits for ``min-clients`` nodes to connect.
+NODE_WAIT_S = 120.0
 # Keys that may change between a run and its resumption.
 RESUMABLE_CHANGES = {"resume", "num-server-rounds", "message-timeout", "tensorboard"}
 
@@ -40,84 +41,37 @@ def main(grid: Grid, context: Context) -> None:
     strategy = get_strategy(config.strategy)
     _, top, _ = build_halves(config)
     server = strategy.server(top, build_optimizer(list(top.parameters()), config), config)
-    slice_modules = strategy.synced_modules(strategy.client_modules(config))
-    aggregator = build_aggregator(config.aggregation)
     ledger = Ledger()
     writer = ResultsWriter(config.results_dir, _run_name(config))
     restored = _resume(config, writer, server, ledger) if config.resume else None
     first_round = restored["round"] + 1 if restored else 1
-    tracker = open_tracker(config.tensorboard, writer.dir)  # run tracking (flsplit/tracking.py)
     history: list[dict[str, Any]] = restored["metrics"] if restored else []
 
     node_ids = _wait_for_nodes(grid, config)
-    exchange = Exchange(
-        grid,
-        ledger,
-        {n: i for i, n in enumerate(node_ids)},
-        timeout_s=config.message_timeout,
-        wire_dtype=config.wire_dtype,
-        busy_clock=lambda: server.watch.total,
-    )
-    clients_dir = writer.dir / "clients"
-    setup = {"clients_dir": str(clients_dir)} | ({"restore_round": first_round - 1} if restored else {})
-    clients = rounds.hello(exchange, node_ids, setup)
-    server.partition_sizes = {c.index: c.num_examples for c in clients}
-    if not restored:
-        writer.write_config(
-            config.as_run_config()
-            | {"num_clients": len(clients), "cut_blocks": config.cut_blocks, "flwr_version": flwr.__version__, "torch_version": torch.__version__}
-        )
-    log(INFO, "flsplit: %s on %d clients, rounds %d..%d; results in %s", config.strategy, len(clients), first_round, config.num_server_rounds, writer.dir)
-
-    probes: dict[int, int] = {}  # uploads measured for peak memory, per partition
-    for round_number in range(first_round, config.num_server_rounds + 1):
-        started = time.perf_counter()
-        stats = rounds.train_round(exchange, server, clients, config, round_number, probes, strategy.serves_sequentially(config))
-        train_s = time.perf_counter() - started
-        weights = rounds.aggregate(exchange, clients, slice_modules, round_number, stats, aggregator) if strategy.aggregates(config) else None
-        server.end_round(round_number, weights)
-        eval_started = time.perf_counter()
-        evaluation = rounds.evaluate(
-            exchange, server, clients, config, weights, stats, {"checkpoint_round": round_number}
-        )
-        metrics = {
-            "round": round_number,
-            "strategy": config.strategy,
-            "num_clients": len(clients),
-            **evaluation,
-            **server.take_metrics(),
-            **ledger.round_summary(),
-            "aux_train_loss": stats.aux_loss_sum / stats.samples if stats.samples else None,
-            "client_fwd_s": stats.client_fwd_s,
-            "client_bwd_s": stats.client_bwd_s,
-            "server_s": server.watch.take().get("server", 0.0),
-            "comm_s": stats.comm_s,
-            "train_messages": stats.messages,
-            "train_samples": stats.samples,
-            "round_trip_s": stats.round_trip_s,
-            "round_s": train_s,
-            "eval_s": time.perf_counter() - eval_started,
-            "client_peak_rss_mb": stats.peak_rss_mb,
-            "server_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            **stats.memory_metrics(),
-            "failed_clients": sorted(stats.failures),
-            "failures": [{"client": pid, "reason": why} for pid, why in sorted(stats.failures.items())],
-        }
-        if not strategy.uses_aux_head:
-            metrics["aux_accuracy"] = metrics["aux_train_loss"] = None
-        history.append(metrics)
-        _checkpoint(writer, server, ledger, weights, round_number, history)
-        writer.append(metrics)
-        tracker.log(metrics)  # run tracking (flsplit/tracking.py)
-        log(
-            INFO,
-            "round %d/%d: test_acc=%.4f test_loss=%.4f train_loss=%.4f up=%.1fMB down=%.1fMB train %.1fs eval %.1fs%s",
-            round_number, config.num_server_rounds, metrics["test_accuracy"], metrics["test_loss"], metrics["train_loss"],
-            metrics["bytes_up"] / 1e6, metrics["bytes_down"] / 1e6, train_s, metrics["eval_s"],
-            f" failed={metrics['failed_clients']}" if stats.failures else "",
-        )
-    tracker.close()
+    index = {n: i for i, n in enumerate(node_ids)}
+    busy = lambda: server.watch.total  # noqa: E731 - the server's compute so far, for comm_s
+    with Exchange(grid, ledger, index, timeout_s=config.message_timeout, wire_dtype=config.wire_dtype, busy_clock=busy) as exchange:
+        setup = {"clients_dir": str(writer.dir / "clients")} | ({"restore_round": first_round - 1} if restored else {})
+        clients = rounds.hello(exchange, node_ids, setup)
+        if not restored:
+            writer.write_config(config.as_run_config() | _run_facts(config, len(clients)))
+        log(INFO, "flsplit: %s on %d clients, rounds %d..%d; results in %s", config.strategy, len(clients), first_round, config.num_server_rounds, writer.dir)
+        driver = rounds.RoundDriver(exchange, server, strategy, clients, config, build_aggregator(config.aggregation))
+        tracker = open_tracker(config.tensorboard, writer.dir)  # run tracking (flsplit/tracking.py)
+        for round_number in range(first_round, config.num_server_rounds + 1):
+            metrics = driver.run_round(round_number)
+            history.append(metrics)
+            _checkpoint(writer, server, ledger, driver.aggregated, round_number, history)
+            writer.append(metrics)
+            tracker.log(metrics)
+            log(INFO, "%s", rounds.round_line(metrics, config.num_server_rounds))
+        tracker.close()
     log(INFO, "flsplit: done; metrics in %s", writer.metrics_path)
+
+
+def _run_facts(config: RunConfig, num_clients: int) -> dict[str, Any]:
+    """What ``config.json`` records beside the run config: the federation and the versions."""
+    return {"num_clients": num_clients, "cut_blocks": config.cut_blocks, "flwr_version": flwr.__version__, "torch_version": torch.__version__}
 
 
 def _run_name(config: RunConfig) -> str:
@@ -129,7 +83,7 @@ def _run_name(config: RunConfig) -> str:
     return f"{config.strategy}-{config.model}-cut{config.cut}-{stamp}"
 
 
-def _wait_for_nodes(grid: Grid, config: RunConfig, timeout_s: float = 120.0) -> list[int]:
+def _wait_for_nodes(grid: Grid, config: RunConfig, timeout_s: float = NODE_WAIT_S) -> list[int]:
     deadline = time.monotonic() + timeout_s
     while True:
         node_ids = sorted(grid.get_node_ids())

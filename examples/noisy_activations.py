@@ -28,13 +28,13 @@ class NoisyDSLClient(DSLClient):
     def train(self, request: Packet, client: ClientSlice, max_bytes: int) -> Packet:
         upload = super().train(request, client, max_bytes)
         if upload.tensors:
-            z = upload.tensors["activations"]["z"]
+            z = upload.activations
             # Seeded by (seed, partition, step): a rerun, or a message replayed in another
             # process, sends the same noise.
             key = [self.config.seed, client.loader.partition_id, client.counters["step"]]
             generator = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
             noise = torch.randn(z.shape, generator=generator)
-            upload.tensors["activations"]["z"] = z + self.noise_scale * z.std() * noise
+            upload.activations = z + self.noise_scale * z.std() * noise
         return upload
 
 

@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from experiments.flower_runner import SuperLink
 from experiments.tables import write_results
 from flsplit.config import parse_run_config
 from flsplit.data import PartitionLoader, load_dataset, partition_indices
+from flsplit.launcher import SuperLink
 from flsplit.optim import build_optimizer
 from flsplit.results import read_metrics
 from flsplit.split import build_halves

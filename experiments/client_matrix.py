@@ -10,8 +10,8 @@ import itertools
 import tempfile
 from pathlib import Path
 
-from experiments.flower_runner import SuperLink
 from experiments.tables import write_results
+from flsplit.launcher import SuperLink
 from flsplit.results import read_metrics
 
 

@@ -36,8 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from experiments.flower_runner import SuperLink, run_config_text
 from experiments.tables import RESULTS, markdown_table
+from flsplit.launcher import SuperLink, run_config_text
 from flsplit.results import read_metrics
 
 NAME = "compare_strategies"

@@ -13,8 +13,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from experiments.flower_runner import SuperLink
 from experiments.tables import write_results
+from flsplit.launcher import SuperLink
 from flsplit.results import read_metrics
 
 RUNS = [("dsl", "fp32"), ("dsl", "fp16"), ("dsl", "bf16"), ("dsl", "int8"), ("csl", "fp32"), ("csl", "int8")]

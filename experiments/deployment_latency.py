@@ -13,8 +13,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from experiments.flower_runner import SuperLink, SuperNode
 from experiments.tables import write_results
+from flsplit.launcher import SuperLink, SuperNode
 from flsplit.results import read_metrics
 
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.flower_runner import SuperLink, run_config_text
 from experiments.repro_claims import write_claims
 from experiments.repro_figures import write_figures
 from experiments.repro_results import load_runs, run_is_complete
 from experiments.tables import RESULTS
+from flsplit.launcher import SuperLink, run_config_text
 
 PRESETS = Path(__file__).resolve().parent / "presets"
 

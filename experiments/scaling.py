@@ -15,8 +15,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from experiments.flower_runner import SuperLink
 from experiments.tables import write_results
+from flsplit.launcher import SuperLink
 from flsplit.results import read_metrics
 
 

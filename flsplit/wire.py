@@ -34,10 +34,55 @@ class PayloadError(ValueError):
 
 @dataclass
 class Packet:
-    """What one message carries: tensors by kind, and scalar control information."""
+    """What one message carries: tensors by kind, and scalar control information.
+
+    Uploads carry cut-layer activations ``z`` and their labels ``y``; CSL-style replies carry
+    the gradient ``dz``. Read and build those through ``activations``, ``labels``,
+    ``gradients``, ``Packet.upload`` and ``Packet.gradient``, which name the tensor paths once.
+    """
 
     tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     info: Info = field(default_factory=dict)
+
+    @classmethod
+    def upload(cls, z: torch.Tensor, y: torch.Tensor, info: Info | None = None) -> Packet:
+        """Activations ``z`` with their labels ``y``."""
+        return cls({"activations": {"z": z}, "labels": {"y": y}}, dict(info or {}))
+
+    @classmethod
+    def gradient(cls, dz: torch.Tensor, info: Info | None = None) -> Packet:
+        """The server's gradient ``dL/dz`` for the client's pending activations."""
+        return cls({"gradients": {"dz": dz}}, dict(info or {}))
+
+    @property
+    def has_data(self) -> bool:
+        """Whether the packet carries activations (an upload with samples)."""
+        return "activations" in self.tensors
+
+    @property
+    def activations(self) -> torch.Tensor:
+        """The cut-layer activations ``z`` (one row per sample)."""
+        return self._tensor("activations", "z")
+
+    @activations.setter
+    def activations(self, z: torch.Tensor) -> None:
+        self.tensors.setdefault("activations", {})["z"] = z
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """The labels ``y`` of the activations."""
+        return self._tensor("labels", "y")
+
+    @property
+    def gradients(self) -> torch.Tensor:
+        """The gradient ``dz`` of the loss with respect to the activations."""
+        return self._tensor("gradients", "dz")
+
+    def _tensor(self, kind: str, name: str) -> torch.Tensor:
+        try:
+            return self.tensors[kind][name]
+        except KeyError:
+            raise PayloadError(f"{kind}.{name}: missing from the packet") from None
 
 
 @dataclass(frozen=True)
@@ -49,6 +94,19 @@ class TensorSpec:
     dtype: torch.dtype
     shape: tuple[int | None, ...]
     num_classes: int | None = None  # labels: values must lie in [0, num_classes)
+
+
+def upload_specs(activation_shape: tuple[int, ...], num_classes: int) -> list[TensorSpec]:
+    """What an upload carrying data must contain: float activations and labels in range."""
+    return [
+        TensorSpec("activations", "z", torch.float32, (None, *activation_shape)),
+        TensorSpec("labels", "y", torch.int64, (None,), num_classes),
+    ]
+
+
+def gradient_specs(activation_shape: tuple[int, ...]) -> list[TensorSpec]:
+    """What a reply carrying the server's gradient for the activations must contain."""
+    return [TensorSpec("gradients", "dz", torch.float32, (None, *activation_shape))]
 
 
 def encode(packet: Packet, wire_dtype: str = "fp32") -> RecordDict:

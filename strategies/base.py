@@ -26,7 +26,7 @@ from flsplit.config import RunConfig
 from flsplit.data import PartitionLoader
 from flsplit.metering import Stopwatch
 from flsplit.split import build_halves
-from flsplit.wire import Packet, PayloadError, TensorSpec
+from flsplit.wire import Packet, PayloadError, TensorSpec, upload_specs
 
 
 @dataclass
@@ -128,14 +128,11 @@ class ServerHalf(ABC):
         uploads carry more control information extends this.
         """
         if upload.tensors:
-            batch_sizes(upload, len(upload.tensors["labels"]["y"]), self.config.batch_size)
+            batch_sizes(upload, len(upload.labels), self.config.batch_size)
 
     def upload_specs(self, activation_shape: tuple[int, int, int]) -> list[TensorSpec]:
         """What an upload carrying data must contain: activations and their labels."""
-        return [
-            TensorSpec("activations", "z", torch.float32, (None, *activation_shape)),
-            TensorSpec("labels", "y", torch.int64, (None,), self.config.num_classes),
-        ]
+        return upload_specs(activation_shape, self.config.num_classes)
 
     def train_batches(
         self,
@@ -150,8 +147,8 @@ class ServerHalf(ABC):
         """
         model = model or self.top
         optimizer = optimizer or self.optimizer
-        z_all = upload.tensors["activations"]["z"]
-        y_all = upload.tensors["labels"]["y"]
+        z_all = upload.activations
+        y_all = upload.labels
         sizes = batch_sizes(upload, len(y_all), self.config.batch_size)
         grads = []
         model.train()

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import torch
 
-from flsplit.wire import Packet, PayloadError, TensorSpec
+from flsplit.wire import Packet, PayloadError, TensorSpec, gradient_specs
 from strategies.base import ClientHalf, ClientSlice, ServerHalf, SplitStrategy, register
 
 
@@ -20,7 +20,7 @@ class CSLClient(ClientHalf):
 
     def train(self, request: Packet, client: ClientSlice, max_bytes: int) -> Packet:
         if "gradients" in request.tensors:
-            self._apply_gradient(client, request.tensors["gradients"]["dz"])
+            self._apply_gradient(client, request.gradients)
         batch = client.next_batch()
         if batch is None:
             return Packet(info={"done": True})
@@ -29,13 +29,10 @@ class CSLClient(ClientHalf):
         with client.watch.time("fwd"):
             z = client.bottom(x)
         hold_pending(client, step, z, y)
-        return Packet(
-            {"activations": {"z": z.detach()}, "labels": {"y": y}},
-            {"batch_sizes": [len(y)], "done": False},
-        )
+        return Packet.upload(z.detach(), y, {"batch_sizes": [len(y)], "done": False})
 
     def download_specs(self, activation_shape: tuple[int, int, int]) -> list[TensorSpec]:
-        return [TensorSpec("gradients", "dz", torch.float32, (None, *activation_shape))]
+        return gradient_specs(activation_shape)
 
     def _apply_gradient(self, client: ClientSlice, dz: torch.Tensor) -> None:
         with pending_batch(client, dz) as (z, _), client.watch.time("bwd"):
@@ -89,7 +86,7 @@ class CSLServer(ServerHalf):
 
     def on_upload(self, client_id: int, upload: Packet) -> Packet | None:
         dz = self.train_batches(upload, keep_input_grad=True)
-        return Packet({"gradients": {"dz": dz}})
+        return Packet.gradient(dz)
 
 
 @register

@@ -45,7 +45,7 @@ class DSLClient(ClientHalf):
         }
         if not zs:
             return Packet(info=info)
-        return Packet({"activations": {"z": torch.cat(zs)}, "labels": {"y": torch.cat(ys)}}, info)
+        return Packet.upload(torch.cat(zs), torch.cat(ys), info)
 
     def local_step(self, client: ClientSlice, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
         """One optimizer step on the local loss; returns the activations and the loss value."""

@@ -126,7 +126,7 @@ class FSLSAGEServer(ServerHalf):
     def on_upload(self, client_id: int, upload: Packet) -> Packet | None:
         self.train_batches(upload)
         buffer = self.buffers.setdefault(client_id, AlignmentBuffer(self.config.align_buffer))
-        buffer.push(upload.tensors["activations"]["z"], upload.tensors["labels"]["y"])
+        buffer.push(upload.activations, upload.labels)
         if not self._must_align(client_id):
             return None
         aligned = self._align(client_id, buffer)

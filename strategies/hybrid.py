@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from flsplit.config import RunConfig
-from flsplit.wire import Packet, PayloadError, TensorSpec
+from flsplit.wire import Packet, PayloadError, TensorSpec, gradient_specs
 from strategies.base import (
     ClientHalf,
     ClientSlice,
@@ -37,7 +37,7 @@ class HybridClient(ClientHalf):
         assert client.aux is not None, "hybrid needs an auxiliary head"
         nbytes, aux_loss_sum, samples, waits = 0, 0.0, 0, False
         if "gradients" in request.tensors:
-            loss, count = self._apply_gradient(client, request.tensors["gradients"]["dz"])
+            loss, count = self._apply_gradient(client, request.gradients)
             aux_loss_sum, samples = loss * count, count
         zs: list[torch.Tensor] = []
         ys: list[torch.Tensor] = []
@@ -67,10 +67,10 @@ class HybridClient(ClientHalf):
         }
         if not zs:
             return Packet(info=info)
-        return Packet({"activations": {"z": torch.cat(zs)}, "labels": {"y": torch.cat(ys)}}, info)
+        return Packet.upload(torch.cat(zs), torch.cat(ys), info)
 
     def download_specs(self, activation_shape: tuple[int, int, int]) -> list[TensorSpec]:
-        return [TensorSpec("gradients", "dz", torch.float32, (None, *activation_shape))]
+        return gradient_specs(activation_shape)
 
     def _wants_gradient(self, client: ClientSlice, step: int) -> bool:
         k = self.config.hybrid_k
@@ -130,7 +130,7 @@ class HybridServer(ServerHalf):
         if dz is None:
             return None
         last = batch_sizes(upload, len(dz), self.config.batch_size)[-1]
-        return Packet({"gradients": {"dz": dz[-last:]}})
+        return Packet.gradient(dz[-last:])
 
 
 @register

@@ -40,7 +40,7 @@ class SplitFedV1Server(ServerHalf):
         model, optimizer = self._copy(client_id)
         dz = self.train_batches(upload, keep_input_grad=True, model=model, optimizer=optimizer)
         self._trained.add(client_id)
-        return Packet({"gradients": {"dz": dz}})
+        return Packet.gradient(dz)
 
     def end_round(self, round_number: int, aggregated: dict[str, torch.Tensor] | None) -> None:
         trained = [(weights_of({"top": self.copies[c][0]}), self.partition_sizes[c]) for c in sorted(self._trained)]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments.flower_runner import SuperLink
+from flsplit.launcher import SuperLink
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """Drive a strategy's client and server halves through the real codec, in one process.
 
-``drive_round`` plays one client's round the way ``apps.rounds.train_round`` does (begin the
+``drive_round`` plays one client's round the way ``apps.rounds.RoundDriver.train`` does (begin the
 round, request, upload, reply, ... until done), without Flower, so strategy tests are fast and
 deterministic.
 """

@@ -11,6 +11,7 @@ import pytest
 import torch
 from flwr.app import Context, Message, RecordDict
 
+from flsplit.aggregation import build_aggregator
 from flsplit.config import ConfigError, parse_run_config
 from flsplit.ledger import Ledger
 from flsplit.models import CutPoint, build_head, cut_shape, next_stage_blocks, resolve_cut
@@ -90,7 +91,7 @@ def test_adam_state_of_a_client_survives_the_trip_through_context_state() -> Non
         assert all(torch.equal(a[name], b[name]) for name in a)
 
 
-def _serving_order(strategy: str, sequential: bool) -> tuple[list[int], float]:
+def _serving_order(strategy: str) -> tuple[list[int], float]:
     """Which client each upload the server trained on came from; and the server's round lr."""
     raw = {"dataset": "synthetic", "model": "resnet20", "cut": 2, "batch-size": 16, "max-batches": 3,
            "strategy": strategy, "lr-schedule": "cosine", "num-server-rounds": 4}
@@ -103,7 +104,7 @@ def _serving_order(strategy: str, sequential: bool) -> tuple[list[int], float]:
     served: list[int] = []
     on_upload = server.on_upload
     server.on_upload = lambda cid, upload: served.append(cid) or on_upload(cid, upload)  # type: ignore[method-assign]
-    rounds.train_round(exchange, server, clients, config, round_number=2, sequential=sequential)
+    rounds.RoundDriver(exchange, server, get_strategy(strategy), clients, config, build_aggregator("FedAvg")).train(2)
     return served, server.optimizer.param_groups[0]["lr"]
 
 
@@ -115,8 +116,8 @@ def _client(message: Message, context: Context) -> Message:
 @pytest.mark.usefixtures("task_identity")
 def test_splitfed_v2_serves_each_clients_whole_round_before_the_next_as_its_references() -> None:
     # Execute
-    sequential, lr = _serving_order("splitfed-v2", sequential=get_strategy("splitfed-v2").serves_sequentially(parse_run_config({"strategy": "splitfed-v2"})))
-    interleaved, _ = _serving_order("csl", sequential=get_strategy("csl").serves_sequentially(parse_run_config({"strategy": "csl"})))
+    sequential, lr = _serving_order("splitfed-v2")
+    interleaved, _ = _serving_order("csl")
     # Assert
     assert sequential == [0, 0, 0, 1, 1, 1]
     assert interleaved == [0, 1, 0, 1, 0, 1]

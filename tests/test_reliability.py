@@ -13,13 +13,15 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.common.logger import log
 
+from flsplit.aggregation import build_aggregator
 from flsplit.config import parse_run_config
 from flsplit.ledger import Ledger
 from flsplit.optim import build_optimizer
+from flsplit.protocol import MessageKind
 from flsplit.split import build_halves
 from flsplit.wire import Packet, PayloadError, encode
 from tests.in_process_grid import InProcessGrid
-from strategies import get_strategy
+from strategies import ServerHalf, get_strategy
 from apps import client_app, rounds
 from apps.client_app import train_step
 from apps.exchange import Exchange
@@ -96,6 +98,10 @@ def _honest(message: Message, context: Context) -> Message:
     return handler(message, context)
 
 
+def _driver(exchange: Exchange, server: ServerHalf, clients: list[rounds.Client]) -> rounds.RoundDriver:
+    return rounds.RoundDriver(exchange, server, get_strategy("dsl"), clients, CONFIG, build_aggregator("FedAvg"))
+
+
 def _server():  # noqa: ANN202
     _, top, _ = build_halves(CONFIG)
     return get_strategy("dsl").server(top, build_optimizer(list(top.parameters()), CONFIG), CONFIG)
@@ -110,7 +116,7 @@ def test_bad_upload_is_rejected_and_leaves_the_top_slice_unchanged(kind: str) ->
     server = _server()
     before = [p.detach().clone() for p in server.top.parameters()]
     # Execute
-    stats = rounds.train_round(exchange, server, clients, CONFIG, round_number=1)
+    stats = _driver(exchange, server, clients).train(1)
     # Assert
     assert list(stats.failures) == [1]
     assert re.search(EXPECTED[kind], stats.failures[1])
@@ -125,7 +131,7 @@ def test_server_keeps_training_the_other_clients_when_one_sends_garbage() -> Non
     server = _server()
     before = [p.detach().clone() for p in server.top.parameters()]
     # Execute
-    stats = rounds.train_round(exchange, server, clients, CONFIG, round_number=1)
+    stats = _driver(exchange, server, clients).train(1)
     # Assert
     assert list(stats.failures) == [1] and "NaN" in stats.failures[1]
     assert stats.samples == 48  # all three batches of the honest client were served
@@ -185,7 +191,7 @@ def test_a_client_that_never_answers_times_out_and_the_round_goes_on() -> None:
     exchange = Exchange(grid, Ledger(), {100: 0, 101: 1}, timeout_s=0.3)
     clients = rounds.hello(exchange, [100, 101], {})
     # Execute
-    stats = rounds.train_round(exchange, _server(), clients, CONFIG, round_number=1)
+    stats = _driver(exchange, _server(), clients).train(1)
     # Assert
     assert list(stats.failures) == [1] and "no reply within 0.3 s" in stats.failures[1]
     assert stats.samples == 48
@@ -216,8 +222,8 @@ def test_a_reply_lost_to_a_size_limit_is_a_clear_error_not_a_hang() -> None:
     # Prepare: partition 1's replies can never be pulled
     grid = _OversizeGrid({100: _honest, 101: _honest}, RAW, big=101)
     exchange = Exchange(grid, Ledger(), {100: 0, 101: 1}, timeout_s=600)
-    exchange.send(100, "query.hello", Packet(info={}))
-    exchange.send(101, "query.hello", Packet(info={}))
+    exchange.send(100, MessageKind.HELLO, Packet(info={}))
+    exchange.send(101, MessageKind.HELLO, Packet(info={}))
     # Execute
     started = time.monotonic()
     honest = exchange.receive(100, [])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.flower_runner import SuperLink
+from flsplit.launcher import SuperLink
 from flsplit.results import read_metrics
 
 pytestmark = pytest.mark.slow  # starts real Flower processes (SuperLink, SuperNodes, flwr run)

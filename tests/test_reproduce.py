@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from experiments import reproduce
-from experiments.flower_runner import run_config_text
 from experiments.repro_claims import compare, write_claims
 from experiments.repro_figures import write_figures
 from experiments.repro_results import load_runs, run_is_complete
 from flsplit.config import parse_run_config
+from flsplit.launcher import run_config_text
 from strategies import strategy_names
 
 ROUNDS = 3

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.flower_runner import SuperLink
 from flsplit.config import parse_run_config
+from flsplit.launcher import SuperLink
 from flsplit.results import read_metrics
 from flsplit.wire import Packet, encode, serialized_size, weights_of
 from strategies import get_strategy
@@ -97,8 +97,9 @@ def _weights_bytes(strategy: str, modules: tuple[str, ...]) -> int:
 
 
 def test_fsl_sage_sends_no_gradients_and_an_aligned_model_in_alignment_rounds(superlink: SuperLink, tmp_path: Path) -> None:
-    # Execute: uploads at local iterations 0 and 2 of 3; alignment at the start of round 2
-    rounds = _run(superlink, tmp_path, "sage", strategy="'fsl-sage'", **{"upload-every": 2, "align-every": 1, "align-epochs": 2, "align-buffer": 24})
+    # Execute: uploads at local iterations 0 and 2 of 3; alignment every 2 rounds, from round 1
+    # (the reference's t = 0) on the round's first upload
+    rounds = _run(superlink, tmp_path, "sage", strategy="'fsl-sage'", **{"upload-every": 2, "align-every": 2, "align-epochs": 2, "align-buffer": 24})
     # Assert
     slice_bytes, aux_bytes = _weights_bytes("fsl-sage", ("bottom",)), _weights_bytes("fsl-sage", ("aux",))
     for r in rounds:
@@ -106,9 +107,9 @@ def test_fsl_sage_sends_no_gradients_and_an_aligned_model_in_alignment_rounds(su
         assert 2 * 2 * Z_BATCH <= r["bytes_up_activations"] < 2 * 2 * Z_BATCH + 4 * FRAMING
         assert r["bytes_up_labels"] > 0
         assert 3 * slice_bytes < r["bytes_model_sync"] <= 4 * slice_bytes  # slices only, no aux head
-    assert rounds[0]["bytes_down_aux_model"] == 0 and rounds[0]["align_after_cosine"] is None
-    assert 1.5 * aux_bytes < rounds[1]["bytes_down_aux_model"] <= 2 * aux_bytes
-    assert rounds[1]["align_after_cosine"] is not None
+    assert 1.5 * aux_bytes < rounds[0]["bytes_down_aux_model"] <= 2 * aux_bytes  # one aligned model per client
+    assert rounds[0]["align_after_cosine"] is not None
+    assert rounds[1]["bytes_down_aux_model"] == 0 and rounds[1]["align_after_cosine"] is None
 
 
 def test_cse_fsl_sends_every_second_batch_up_and_nothing_but_averages_down(superlink: SuperLink, tmp_path: Path) -> None:

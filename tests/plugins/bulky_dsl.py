@@ -18,11 +18,11 @@ class BulkyClient(DSLClient):
         upload = super().train(request, client, max_bytes)
         if not upload.tensors:
             return upload
-        z, y = upload.tensors["activations"]["z"], upload.tensors["labels"]["y"]
+        z, y = upload.activations, upload.labels
         repeats = -(-TARGET_BYTES // (z.numel() * z.element_size()))
         # Scale each copy differently: Flower ships identical 5 MiB chunks only once.
         copies = torch.cat([z * (1.0 + 1e-3 * k) for k in range(repeats)])
-        upload.tensors = {"activations": {"z": copies}, "labels": {"y": y.repeat(repeats)}}
+        upload.tensors = Packet.upload(copies, y.repeat(repeats)).tensors
         upload.info["batch_sizes"] = list(upload.info["batch_sizes"]) * repeats
         return upload
 

@@ -1,9 +1,11 @@
 """Start real Flower processes on free loopback ports and run ``flwr run`` against them.
 
 ``SuperLink(simulation=True)`` is the simulation engine; ``SuperLink(simulation=False)`` plus
-``SuperNode``s is a real deployment on 127.0.0.1, optionally with TLS. Used by the end-to-end
-tests and the experiment drivers. Every process is started here with a known PID and stopped
-here together with everything it spawned, so nothing outlives the caller.
+``SuperNode``s is a real deployment on 127.0.0.1, optionally with TLS. The end-to-end tests and
+the experiment drivers use it, and so can a user who wants a local federation from Python.
+Every process is started here with a known PID and stopped here together with everything it
+spawned, so nothing outlives the caller. ``PROJECT`` is the Flower app that ``flwr run`` gets:
+this checkout (flsplit installed with ``pip install -e .``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.certificates import Certificates
+from flsplit.certificates import Certificates
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
