@@ -33,6 +33,12 @@ RUN = "flsplit.run"  # where this run keeps client checkpoints
 _LIVE: OrderedDict[tuple[int, int], tuple[str, ClientSlice]] = OrderedDict()
 
 
+def drop_cached_slices(run_id: int | None = None, node_id: int | None = None) -> None:
+    """Forget this process's live slices (all, or one node's), as if the next message ran elsewhere."""
+    for key in [k for k in _LIVE if (run_id, node_id) in ((None, None), k)]:
+        del _LIVE[key]
+
+
 def partition_of(context: Context) -> tuple[int, int]:
     """``(partition-id, num-partitions)`` from the node config."""
     node = context.node_config

@@ -15,9 +15,10 @@ import time
 
 import torch
 from flwr.app import Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from experiments.tables import write_results
+from flsplit.flwr_internals import as_task, stamp
+from flsplit.protocol import MessageKind
 from flsplit.wire import Packet, encode
 from apps import client_app, client_state
 
@@ -35,9 +36,8 @@ def _request(strategy: str, reply: Message | None) -> Message:
     if strategy == "csl" and reply is not None and "activations" in reply.content.array_records:
         z = torch.from_numpy(reply.content["activations"]["z"].numpy())
         tensors = {"gradients": {"dz": torch.full_like(z, 1e-4)}}  # as the server would send
-    message = Message(encode(Packet(tensors, {"round": 1})), dst_node_id=1, message_type="train.step")
-    message.metadata.__dict__["_message_id"] = str(time.perf_counter_ns())
-    return message
+    message = Message(encode(Packet(tensors, {"round": 1})), dst_node_id=1, message_type=MessageKind.STEP.message_type)
+    return stamp(message, message_id=str(time.perf_counter_ns()))
 
 
 def step_times(strategy: str, steps: int) -> tuple[list[float], list[float]]:
@@ -49,7 +49,7 @@ def step_times(strategy: str, steps: int) -> tuple[list[float], list[float]]:
     for _ in range(steps):
         for cached in (True, False):
             if not cached:
-                client_state._LIVE.pop((7, 2), None)
+                client_state.drop_cached_slices(run_id=7, node_id=2)
             message = _request(strategy, replies[cached])
             started = time.perf_counter()
             replies[cached] = client_app.train_step(message, contexts[cached])
@@ -58,10 +58,10 @@ def step_times(strategy: str, steps: int) -> tuple[list[float], list[float]]:
 
 
 def main() -> None:
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 7, 1
     rows = []
     for strategy in ("csl", "dsl"):
-        cached, rebuilt = step_times(strategy, 12)
+        with as_task(task_id=1, run_id=7, node_id=1):
+            cached, rebuilt = step_times(strategy, 12)
         hit, miss = statistics.median(cached[2:]), statistics.median(rebuilt[2:])
         rows.append({"strategy": strategy, "cached_s": hit, "rebuilt_s": miss, "saving_s": miss - hit, "rebuilt_over_cached": miss / hit})
         print(rows[-1], flush=True)

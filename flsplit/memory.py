@@ -74,6 +74,26 @@ def _unique_bytes(tensors: list[torch.Tensor]) -> int:
     return sum(storages.values())
 
 
+#: Set while ``unmeasured`` runs: open windows neither sample the heap nor record saved tensors.
+_paused = False
+
+
+@contextmanager
+def unmeasured() -> Iterator[None]:
+    """Leave the ``with`` body out of any open ``measure`` window.
+
+    For work that is not the training step being measured and whose per-operation sampling
+    would cost far more than the work itself, such as FSL-SAGE's alignment (thousands of
+    second-order steps). Its memory is then not in the window's peak.
+    """
+    global _paused
+    was, _paused = _paused, True
+    try:
+        yield
+    finally:
+        _paused = was
+
+
 class _HeapPeak(TorchDispatchMode):
     """Samples the heap after every ATen operation and keeps the highest value."""
 
@@ -84,7 +104,8 @@ class _HeapPeak(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        self.peak = max(self.peak, heap_in_use())
+        if not _paused:
+            self.peak = max(self.peak, heap_in_use())
         return out
 
 
@@ -102,6 +123,8 @@ class _SavedTensors:
         self.peak = 0
 
     def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        if _paused:
+            return tensor
         storage = tensor.untyped_storage()
         pointer = storage.data_ptr()
         if pointer not in self.exclude and pointer not in self.alive:

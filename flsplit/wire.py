@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from torch import nn
 
 from flsplit.compression import COMPRESSIBLE_KINDS, SCALE_SUFFIX, compress, decompress, part_dtypes
+from flsplit.flwr_internals import serialized_objects
 
 INFO = "info"
 KINDS = ("activations", "labels", "gradients", "weights", "aux_model")
@@ -221,7 +221,7 @@ def _check_shape(where: str, got: tuple[int, ...], want: tuple[int | None, ...])
 
 def serialized_size(content: RecordDict | ArrayRecord | ConfigRecord) -> int:
     """Bytes Flower ships for this content: its unique deflated objects, headers included."""
-    return sum(len(obj.deflate()) for obj in get_all_nested_objects(content).values())
+    return sum(len(obj) for obj in serialized_objects(content))
 
 
 # --- model weights -------------------------------------------------------------------------

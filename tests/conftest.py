@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from flsplit.flwr_internals import as_task
 from flsplit.launcher import SuperLink
 
 
@@ -93,12 +94,10 @@ def cifar100_tar(cifar100_pickles: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+def task_identity() -> Iterator[None]:
     """Messages are stamped with the running task's identity, which a Flower runtime sets."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)
+    with as_task(task_id=1, run_id=1, node_id=1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterable
 
 from flwr.app import Context, Message, RecordDict
 
+from flsplit.flwr_internals import stamp
+
 Handler = Callable[[Message, Context], Message]
 
 
@@ -33,7 +35,7 @@ class InProcessGrid:
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         ids = []
         for message in messages:
-            message.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            stamp(message, message_id=uuid.uuid4().hex)
             node_id = message.metadata.dst_node_id
             reply = self.handlers[node_id](message, self.contexts[node_id])
             if reply is not None:  # a handler returning None plays a client that never answers

@@ -30,7 +30,7 @@ def test_rebuilt_slice_equals_the_saved_one_weights_momentum_and_counters() -> N
     DSLClient(config).train(Packet(), client, 1 << 30)
     client_state.save_slice(context, client)
     # Execute: drop the process cache, as when the next message runs elsewhere
-    client_state._LIVE.clear()
+    client_state.drop_cached_slices()
     rebuilt = client_state.load_slice(context, config, DSL)
     # Assert
     assert rebuilt is not client
@@ -56,7 +56,7 @@ def test_cache_serves_the_live_slice_only_while_it_is_the_saved_version() -> Non
     # another process saved a newer version into the state
     other = _context(raw)
     other.state = context.state
-    client_state._LIVE.clear()
+    client_state.drop_cached_slices()
     newer = client_state.load_slice(other, config, CSL)
     client_state.save_slice(other, newer)
     client_state._LIVE[(1, 7)] = ("stale-version", client)
@@ -67,7 +67,7 @@ def test_cache_keeps_only_the_most_recently_used_slices() -> None:
     # Prepare
     raw = {"dataset": "synthetic", "model": "resnet20", "cut": 2}
     config = parse_run_config(raw)
-    client_state._LIVE.clear()
+    client_state.drop_cached_slices()
     contexts = [_context(raw) for _ in range(3)]
     for node_id, context in enumerate(contexts):
         context.node_id = node_id

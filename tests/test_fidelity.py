@@ -80,7 +80,7 @@ def test_adam_state_of_a_client_survives_the_trip_through_context_state() -> Non
     DSLClient(config).train(Packet(), client, 1 << 30)
     client_state.save_slice(context, client)
     # Execute: rebuild from the state alone, as a new process would
-    client_state._LIVE.clear()
+    client_state.drop_cached_slices()
     rebuilt = client_state.load_slice(context, config, DSL)
     # Assert: every moment and step count is back
     assert isinstance(rebuilt.optimizer, torch.optim.Adam)

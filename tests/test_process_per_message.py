@@ -44,10 +44,10 @@ def _run(tmp_path: Path, strategy: str, fresh_process: bool) -> list[dict]:
 
     def handler(message: Message, context: Context) -> Message:
         if fresh_process:
-            client_state._LIVE.clear()
+            client_state.drop_cached_slices()
         return HANDLERS[message.metadata.message_type](message, context)
 
-    client_state._LIVE.clear()
+    client_state.drop_cached_slices()
     grid = InProcessGrid({101: handler, 102: handler}, run_config)
     server_app.main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
     return read_metrics(tmp_path / name / "metrics.jsonl")

@@ -15,6 +15,7 @@ from flwr.common.logger import log
 
 from flsplit.aggregation import build_aggregator
 from flsplit.config import parse_run_config
+from flsplit.flwr_internals import stamp
 from flsplit.ledger import Ledger
 from flsplit.optim import build_optimizer
 from flsplit.protocol import MessageKind
@@ -86,7 +87,7 @@ def _adversary(kind: str) -> Callable[[Message, Context], Message]:
             return Message(encode(Packet(info={"partition_id": 1, "num_examples": 48})), reply_to=message)
         if kind == "unknown message type":
             reply = Message(_good(), reply_to=message)
-            reply.metadata.__dict__["_message_type"] = "query.bogus"
+            stamp(reply, message_type="query.bogus")
             return reply
         return Message(BAD[kind](), reply_to=message)
 
@@ -155,13 +156,13 @@ def test_client_rejects_a_bad_gradient_and_keeps_its_state(gradient: np.ndarray,
     raw = RAW | {"strategy": "csl"}
     context = _client_context(raw)
     first = Message(encode(Packet(info={"round": 1})), dst_node_id=3, message_type="train.step")
-    first.metadata.__dict__["_message_id"] = "m1"
+    stamp(first, message_id="m1")
     train_step(first, context)
     saved = {k: v.numpy().copy() for k, v in context.state["flsplit.weights"].items()}
     content = encode(Packet(info={"round": 1}))
     content["gradients"] = ArrayRecord({"dz": Array(gradient)})
     bad = Message(content, dst_node_id=3, message_type="train.step")
-    bad.metadata.__dict__["_message_id"] = "m2"
+    stamp(bad, message_id="m2")
     # Execute / Assert
     with pytest.raises(PayloadError, match=problem):
         train_step(bad, context)
