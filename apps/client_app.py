@@ -12,13 +12,13 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
 from flsplit.compression import part_dtypes
-from flsplit.config import RunConfig, parse_run_config
+from flsplit.config import RunConfig
 from flsplit.data import eval_indices, test_tensors
 from flsplit.memory import measure
 from flsplit.optim import set_round_lr
 from flsplit.split import activation_shape
 from flsplit.wire import Packet, decode, encode, load_weights, weight_specs, weights_of
-from strategies import ClientHalf, ClientSlice, get_strategy, strategy_names
+from strategies import ClientHalf, ClientSlice, get_strategy, parse_config
 from apps.client_state import (
     RUN,
     client_dataset,
@@ -39,7 +39,7 @@ EVAL_BATCH = 256
 
 @lru_cache(maxsize=4)
 def _parse(items: tuple[tuple[str, object], ...]) -> RunConfig:
-    return parse_run_config(dict(items), strategies=strategy_names())
+    return parse_config(dict(items), from_flower=True)
 
 
 def run_config(context: Context) -> RunConfig:

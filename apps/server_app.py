@@ -15,13 +15,13 @@ from flwr.serverapp import Grid, ServerApp
 
 from flsplit import checkpoint
 from flsplit.aggregation import build_aggregator
-from flsplit.config import ConfigError, RunConfig, parse_run_config
+from flsplit.config import ConfigError, RunConfig
 from flsplit.ledger import Ledger
 from flsplit.optim import build_optimizer
 from flsplit.results import ResultsWriter
 from flsplit.split import build_halves
 from flsplit.tracking import open_tracker
-from strategies import ServerHalf, get_strategy, strategy_names
+from strategies import ServerHalf, get_strategy, parse_config
 from apps import rounds
 from apps.exchange import Exchange
 
@@ -37,7 +37,7 @@ RESUMABLE_CHANGES = {"resume", "num-server-rounds", "message-timeout", "tensorbo
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Train for ``num-server-rounds`` rounds and write ``config.json`` and ``metrics.jsonl``."""
-    config = parse_run_config(context.run_config, strategies=strategy_names())
+    config = parse_config(context.run_config, from_flower=True)
     strategy = get_strategy(config.strategy)
     _, top, _ = build_halves(config)
     server = strategy.server(top, build_optimizer(list(top.parameters()), config), config)

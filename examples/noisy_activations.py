@@ -4,26 +4,32 @@ The client trains exactly as in DSL, on its clean activations; only the copy tha
 the server is perturbed, ``z + σ·std(z)·ε`` with ε ~ N(0, 1), a simple way to blur what the
 server learns about individual samples. Nothing in ``flsplit`` changes: select it with
 
-    flwr run . --run-config "strategy='examples.noisy_activations:NoisyDSL'"
+    flwr run . --run-config "strategy='examples.noisy_activations:NoisyDSL' noisy-scale=0.2"
 
-and subclass it to change ``noise_scale``. ``docs/strategies.md`` walks through this file.
+``noisy-scale`` is the strategy's own run-config key, declared by ``NoisyParams`` and
+validated with the rest of the config. ``docs/strategies.md`` walks through this file.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import Field
 
+from flsplit.config import StrategyParams
 from flsplit.wire import Packet
 from strategies import ClientSlice, register
 from strategies.dsl import DSL, DSLClient
 
 
+class NoisyParams(StrategyParams):
+    """The plug-in's own key, prefixed with its name so it cannot collide with another's."""
+
+    noisy_scale: float = Field(0.1, ge=0)  # noise std, relative to the std of the uploaded activations
+
+
 class NoisyDSLClient(DSLClient):
     """DSL's client, adding noise to the activations it uploads."""
-
-    #: Noise standard deviation, relative to the standard deviation of the uploaded activations.
-    noise_scale: float = 0.1
 
     def train(self, request: Packet, client: ClientSlice, max_bytes: int) -> Packet:
         upload = super().train(request, client, max_bytes)
@@ -34,7 +40,7 @@ class NoisyDSLClient(DSLClient):
             key = [self.config.seed, client.loader.partition_id, client.counters["step"]]
             generator = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
             noise = torch.randn(z.shape, generator=generator)
-            upload.activations = z + self.noise_scale * z.std() * noise
+            upload.activations = z + self.config.params.noisy_scale * z.std() * noise
         return upload
 
 
@@ -43,4 +49,5 @@ class NoisyDSL(DSL):
     """Selected by ``strategy = "examples.noisy_activations:NoisyDSL"`` (or "noisy-dsl" once imported)."""
 
     name = "noisy-dsl"
+    params = NoisyParams
     client = NoisyDSLClient

@@ -51,8 +51,8 @@ class RunConfig(BaseModel):
     seed: int = Field(0, ge=0)
     results_dir: str = "results"
     run_name: str = ""
-    max_batches: int = Field(0, ge=0)
-    eval_samples: int = Field(0, ge=0)
+    max_batches: int = Field(40, ge=0)  # 0: every batch of the partition, local-epochs times
+    eval_samples: int = Field(2000, ge=0)  # 0: the whole test split
     chunk_mb: float = Field(64.0, gt=0)
     min_clients: int = Field(1, ge=1)
     message_timeout: float = Field(600.0, gt=0)
@@ -63,14 +63,8 @@ class RunConfig(BaseModel):
     client_cache: int = Field(8, ge=0)
     aggregation: str = "FedAvg"
     serve_order: Literal["", "sequential", "interleaved"] = ""  # empty: the strategy's own order
-    upload_every: int = Field(5, ge=1)
-    align_every: int = Field(10, ge=1)
-    align_buffer: int = Field(1000, ge=1)
-    align_epochs: int = Field(100, ge=1)
-    align_lr: float = Field(1e-3, gt=0)
-    hybrid_lambda: float = Field(0.1, ge=0)
-    hybrid_k: int = Field(5, ge=1)
-    hybrid_aux_weight: float = Field(1.0, ge=0)
+    #: The strategy's own settings (``SplitStrategy.params``), validated from its keys.
+    params: Any = Field(default=None, exclude=True)
 
     @field_validator("strategy")
     @classmethod
@@ -84,16 +78,6 @@ class RunConfig(BaseModel):
     @classmethod
     def _known_aggregation(cls, value: str) -> str:
         return check_aggregation(value)  # raises ValueError naming the supported strategies
-
-    @field_validator("hybrid_aux_weight")
-    @classmethod
-    def _hybrid_client_has_a_loss(cls, value: float, info: ValidationInfo) -> float:
-        if value == 0 and info.data.get("hybrid_lambda") == 0 and info.data.get("strategy") == "hybrid":
-            raise ValueError(
-                "with hybrid-lambda = 0 too, the hybrid client has no loss to train on; "
-                "set hybrid-aux-weight > 0 (DSL-like) or hybrid-lambda > 0 (CSL-like)"
-            )
-        return value
 
     @field_validator("cut", mode="before")
     @classmethod
@@ -142,32 +126,74 @@ class RunConfig(BaseModel):
         return 100 if self.dataset == "cifar100" else 10
 
     def as_run_config(self) -> dict[str, Any]:
-        """The config as kebab-case keys, as written to ``config.json``."""
-        return self.model_dump(by_alias=True)
+        """The config as kebab-case keys (the strategy's own included), as written to ``config.json``."""
+        own = self.params.model_dump(by_alias=True) if self.params is not None else {}
+        return self.model_dump(by_alias=True) | own
+
+
+class StrategyParams(BaseModel):
+    """A strategy's own settings: subclass, declare fields, and set ``SplitStrategy.params``.
+
+    Each field is a run-config key, named as the field in kebab-case (``noise_scale`` is
+    ``noise-scale``); prefix a plug-in's fields with its name so they cannot collide with
+    another strategy's. They are validated with the rest of the run config, in the same
+    one-error-for-every-bad-key report, and a strategy reads them as ``config.params``.
+    """
+
+    model_config = ConfigDict(alias_generator=_kebab, extra="forbid", frozen=True, populate_by_name=True)
+
+    @classmethod
+    def keys(cls) -> set[str]:
+        """The run-config keys these settings are read from."""
+        return {_kebab(name) for name in cls.model_fields}
 
 
 def parse_run_config(
-    raw: Mapping[str, Any], strategies: Iterable[str] | None = None
+    raw: Mapping[str, Any],
+    strategies: Mapping[str, type[StrategyParams] | None] | Iterable[str] | None = None,
+    declared: Iterable[str] = (),
 ) -> RunConfig:
-    """Validate a Flower run config; raise one ``ConfigError`` that lists every bad key."""
+    """Validate a Flower run config; raise one ``ConfigError`` that lists every bad key.
+
+    ``strategies`` names the known strategies, or maps each to its settings
+    (``StrategyParams``). The selected strategy's keys are validated into ``config.params``;
+    keys of the other strategies are accepted unread (``pyproject.toml`` sets them all for
+    ``flwr run``), and so are the ``declared`` keys that nothing here reads: in a Flower app,
+    the keys its ``pyproject.toml`` declares for a plug-in that is not the one running.
+    """
+    models = {name: model for name, model in strategies.items() if model} if isinstance(strategies, Mapping) else {}
     context = {"strategies": set(strategies)} if strategies is not None else None
+    owned = {key for model in models.values() for key in model.keys()}
+    unread = set(declared) - _valid_keys() - owned
+    raw = {k: v for k, v in raw.items() if k not in unread}
+    problems = ["  - params: unknown key; a strategy's settings are keys of their own"] if "params" in raw else []
+    config = _validate(RunConfig, {k: v for k, v in raw.items() if k not in owned}, context, problems, owned)
+    chosen = models.get(str(raw.get("strategy", RunConfig.model_fields["strategy"].default)))
+    params = _validate(chosen, {k: v for k, v in raw.items() if k in chosen.keys()}, None, problems, owned) if chosen else None
+    if problems:
+        raise ConfigError("invalid run config:\n" + "\n".join(problems))
+    assert config is not None
+    return config.model_copy(update={"params": params})
+
+
+def _validate(model: type[BaseModel], raw: dict[str, Any], context: dict | None, problems: list[str], owned: set[str]) -> Any:
+    """``model`` validated from ``raw``, or ``None`` with a line per bad key added to ``problems``."""
     try:
-        return RunConfig.model_validate(dict(raw), context=context)
+        return model.model_validate(raw, context=context)
     except ValidationError as err:
-        lines = []
         for problem in err.errors():
-            key = ".".join(str(part) for part in problem["loc"]) or "(config)"
+            key = ".".join(str(part) for part in problem["loc"])
             message = problem["msg"].removeprefix("Value error, ")
             if problem["type"] == "extra_forbidden":
-                message = f"unknown key; valid keys are {sorted(_valid_keys())}"
+                message = f"unknown key; valid keys are {sorted(_valid_keys() | owned)}"
             elif "input" in problem and not isinstance(problem["input"], dict):
                 message = f"{message} (got {problem['input']!r})"
-            lines.append(f"  - {key}: {message}")
-        raise ConfigError("invalid run config:\n" + "\n".join(lines)) from None
+            problems.append(f"  - {key}: {message}" if key else f"  - {message}")  # a whole-model check names its keys
+        return None
 
 
-def _valid_keys() -> list[str]:
-    return [_kebab(name) for name in RunConfig.model_fields]
+def _valid_keys() -> set[str]:
+    return {_kebab(name) for name, field in RunConfig.model_fields.items() if not field.exclude}
 
 
-__all__ = ["ConfigError", "RunConfig", "parse_run_config"]
+__all__ = ["ConfigError", "RunConfig", "StrategyParams", "parse_run_config"]

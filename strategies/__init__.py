@@ -16,6 +16,7 @@ from strategies.base import (
     ServerHalf,
     SplitStrategy,
     get_strategy,
+    parse_config,
     register,
     strategy_names,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "ServerHalf",
     "SplitStrategy",
     "get_strategy",
+    "parse_config",
     "register",
     "strategy_names",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flsplit.config import RunConfig
+from flsplit.config import RunConfig, StrategyParams, parse_run_config
 from flsplit.data import PartitionLoader
 from flsplit.metering import Stopwatch
 from flsplit.split import build_halves
@@ -212,6 +213,8 @@ class SplitStrategy:
     #: ``interleaved`` (one upload of each in turn) or ``sequential`` (one client's whole round,
     #: then the next, as SplitFed-V2's references do).
     serve_order: str = "interleaved"
+    #: The strategy's own run-config keys, if it has any (``config.params`` at run time).
+    params: type[StrategyParams] | None = None
     client: type[ClientHalf]
     server: type[ServerHalf]
 
@@ -255,6 +258,24 @@ def register(strategy: type[SplitStrategy]) -> type[SplitStrategy]:
 def strategy_names() -> list[str]:
     """Names of all registered strategies."""
     return sorted(_REGISTRY)
+
+
+def parse_config(raw: Mapping[str, Any], from_flower: bool = False) -> RunConfig:
+    """Validate a run config together with the settings of the strategies it may name.
+
+    Every registered strategy's keys are known (``pyproject.toml`` sets them all); a plug-in
+    named by dotted path is imported so that its own keys are too. ``from_flower``: ``raw`` is
+    a Flower run config, whose keys the app's ``pyproject.toml`` declares and ``flwr run``
+    has already checked, so keys of plug-ins other than the selected one are ignored.
+    """
+    params = {name: strategy.params for name, strategy in _REGISTRY.items()}
+    name = str(raw.get("strategy", ""))
+    if name and name not in params and "." in name.replace(":", "."):
+        try:
+            params[name] = get_strategy(name).params
+        except ValueError:
+            pass  # the strategy key's own error names the problem
+    return parse_run_config(raw, strategies=params, declared=raw if from_flower else ())
 
 
 def get_strategy(name: str) -> type[SplitStrategy]:

@@ -8,15 +8,24 @@ heads are averaged, so the heads do not drift apart on non-IID data.
 
 from __future__ import annotations
 
+from pydantic import Field
+
+from flsplit.config import StrategyParams
 from strategies.base import ClientSlice, SplitStrategy, register
 from strategies.dsl import DSLClient, DSLServer
+
+
+class UploadEvery(StrategyParams):
+    """Settings of the strategies that upload only some batches (CSE-FSL, FSL-SAGE)."""
+
+    upload_every: int = Field(5, ge=1)  # q: local iterations 0, q, 2q, ... of each round go up
 
 
 class CSEFSLClient(DSLClient):
     """DSL's local training, uploading only every ``upload-every``-th batch of a round."""
 
     def uploads(self, client: ClientSlice, step: int) -> bool:
-        return client.local_iteration(step) % self.config.upload_every == 0
+        return client.local_iteration(step) % self.config.params.upload_every == 0
 
 
 @register
@@ -26,5 +35,6 @@ class CSEFSL(SplitStrategy):
     name = "cse-fsl"
     uses_aux_head = True
     always_aggregates = True
+    params = UploadEvery
     client = CSEFSLClient
     server = DSLServer

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from flsplit.config import RunConfig
@@ -35,6 +36,7 @@ from flsplit.split import build_aux, build_halves
 from flsplit.wire import Packet, TensorSpec, load_weights, weight_specs, weights_of
 from strategies.alignment import Agreement, agreement, align, true_gradients
 from strategies.base import ClientSlice, ServerHalf, SplitStrategy, register
+from strategies.cse_fsl import UploadEvery
 from strategies.dsl import DSLClient
 
 ALIGN_METRICS = ("align_before_cosine", "align_before_mse", "align_after_cosine", "align_after_mse", "align_s")
@@ -65,7 +67,7 @@ class FSLSAGEClient(DSLClient):
         return z, loss.item()
 
     def uploads(self, client: ClientSlice, step: int) -> bool:
-        return client.local_iteration(step) % self.config.upload_every == 0
+        return client.local_iteration(step) % self.config.params.upload_every == 0
 
 
 @lru_cache(maxsize=4)
@@ -108,7 +110,7 @@ class FSLSAGEServer(ServerHalf):
         self._report: dict[str, float | None] = dict.fromkeys(ALIGN_METRICS)
 
     def begin_round(self, round_number: int) -> None:
-        aligns = (round_number - 1) % self.config.align_every == 0
+        aligns = (round_number - 1) % self.config.params.align_every == 0
         self._aligned = set() if aligns else None
         self._agreements, self._align_s = [], 0.0
 
@@ -126,7 +128,7 @@ class FSLSAGEServer(ServerHalf):
 
     def on_upload(self, client_id: int, upload: Packet) -> Packet | None:
         self.train_batches(upload)
-        buffer = self.buffers.setdefault(client_id, AlignmentBuffer(self.config.align_buffer))
+        buffer = self.buffers.setdefault(client_id, AlignmentBuffer(self.config.params.align_buffer))
         buffer.push(upload.activations, upload.labels)
         if not self._must_align(client_id):
             return None
@@ -161,7 +163,7 @@ class FSLSAGEServer(ServerHalf):
         with self.watch.time("server"), unmeasured():
             target = true_gradients(self.top, buffer.z, buffer.y, batch)
             before = agreement(estimator, buffer.z, buffer.y, target, batch)
-            align(estimator, self.align_optimizers[client_id], buffer.z, buffer.y, target, self.config.align_epochs, batch)
+            align(estimator, self.align_optimizers[client_id], buffer.z, buffer.y, target, self.config.params.align_epochs, batch)
             self._agreements.append((before, agreement(estimator, buffer.z, buffer.y, target, batch)))
         self._align_s += time.perf_counter() - started
         return {k: v.detach().clone() for k, v in weights_of({"aux": estimator}).items()}
@@ -187,7 +189,7 @@ class FSLSAGEServer(ServerHalf):
             self.align_optimizers[client_id].load_state_dict(state["align_optimizers"][client_id])
         self._outbox = dict(state["outbox"])
         for client_id, (z, y) in state["buffers"].items():
-            self.buffers[client_id] = AlignmentBuffer(self.config.align_buffer, z, y)
+            self.buffers[client_id] = AlignmentBuffer(self.config.params.align_buffer, z, y)
 
     def trained_state(self) -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
         modules, optimizers = super().trained_state()
@@ -198,8 +200,17 @@ class FSLSAGEServer(ServerHalf):
         if client_id not in self.estimators:
             estimator = build_halves(self.config)[2]
             self.estimators[client_id] = estimator
-            self.align_optimizers[client_id] = torch.optim.Adam(estimator.parameters(), lr=self.config.align_lr)
+            self.align_optimizers[client_id] = torch.optim.Adam(estimator.parameters(), lr=self.config.params.align_lr)
         return self.estimators[client_id]
+
+
+class FSLSAGEParams(UploadEvery):
+    """FSL-SAGE's settings: the upload interval q and the alignment's schedule and budget."""
+
+    align_every: int = Field(10, ge=1)  # l: align in rounds 1, 1 + l, 1 + 2l, ...
+    align_buffer: int = Field(1000, ge=1)  # samples in each client's FIFO alignment buffer
+    align_epochs: int = Field(100, ge=1)  # Adam steps of one alignment (one per pass over the buffer)
+    align_lr: float = Field(1e-3, gt=0)  # rate of each estimator's Adam
 
 
 @register
@@ -210,5 +221,6 @@ class FSLSAGE(SplitStrategy):
     uses_aux_head = True
     always_aggregates = True
     aggregated_modules = ("bottom",)
+    params = FSLSAGEParams
     client = FSLSAGEClient
     server = FSLSAGEServer

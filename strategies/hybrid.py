@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 
-from flsplit.config import RunConfig
+from flsplit.config import RunConfig, StrategyParams
 from flsplit.wire import Packet, PayloadError, TensorSpec, gradient_specs
 from strategies.base import (
     ClientHalf,
@@ -73,13 +74,13 @@ class HybridClient(ClientHalf):
         return gradient_specs(activation_shape)
 
     def _wants_gradient(self, client: ClientSlice, step: int) -> bool:
-        k = self.config.hybrid_k
-        return self.config.hybrid_lambda > 0 and client.local_iteration(step) % k == k - 1
+        k = self.config.params.hybrid_k
+        return self.config.params.hybrid_lambda > 0 and client.local_iteration(step) % k == k - 1
 
     def _local_step(self, client: ClientSlice, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
         """α·L_aux alone (DSL's step; no update at all when α = 0)."""
         assert client.aux is not None
-        weight = self.config.hybrid_aux_weight
+        weight = self.config.params.hybrid_aux_weight
         if not weight:
             with client.watch.time("fwd"), torch.no_grad():
                 return client.bottom(x), 0.0
@@ -98,7 +99,7 @@ class HybridClient(ClientHalf):
         Returns the batch's auxiliary loss (0 when α = 0) and its size.
         """
         assert client.aux is not None
-        weight, lam = self.config.hybrid_aux_weight, self.config.hybrid_lambda
+        weight, lam = self.config.params.hybrid_aux_weight, self.config.params.hybrid_lambda
         with pending_batch(client, dz) as (z, y), client.watch.time("bwd"):
             client.optimizer.zero_grad(set_to_none=True)
             if not weight:
@@ -117,7 +118,7 @@ class HybridServer(ServerHalf):
     def __init__(self, top: torch.nn.Module, optimizer: torch.optim.Optimizer, config: RunConfig) -> None:
         super().__init__(top, optimizer, config)
         # With λ = 0 no request depends on an upload, so requests are pipelined as in DSL.
-        self.replies_to_uploads = config.hybrid_lambda > 0
+        self.replies_to_uploads = config.params.hybrid_lambda > 0
 
     def check_upload(self, upload: Packet) -> None:
         super().check_upload(upload)
@@ -133,11 +134,29 @@ class HybridServer(ServerHalf):
         return Packet.gradient(dz[-last:])
 
 
+class HybridParams(StrategyParams):
+    """The hybrid's weights: ``alpha * L_aux + lambda * L``, the server's gradient every k-th batch."""
+
+    hybrid_lambda: float = Field(0.1, ge=0)  # lambda, the weight of the server's loss
+    hybrid_k: int = Field(5, ge=1)  # the server's gradient comes for batches k-1, 2k-1, ...
+    hybrid_aux_weight: float = Field(1.0, ge=0)  # alpha, the weight of the auxiliary loss
+
+    @model_validator(mode="after")
+    def _client_has_a_loss(self) -> HybridParams:
+        if self.hybrid_aux_weight == 0 and self.hybrid_lambda == 0:
+            raise ValueError(
+                "hybrid-aux-weight: with hybrid-lambda = 0 too, the hybrid client has no loss to train on; "
+                "set hybrid-aux-weight > 0 (DSL-like) or hybrid-lambda > 0 (CSL-like)"
+            )
+        return self
+
+
 @register
 class Hybrid(SplitStrategy):
     """DSL with a weighted, periodic server gradient (λ, k)."""
 
     name = "hybrid"
     uses_aux_head = True
+    params = HybridParams
     client = HybridClient
     server = HybridServer

@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from flsplit.config import RunConfig, parse_run_config
+from flsplit.config import RunConfig
 from flsplit.data import PartitionLoader, load_dataset
 from flsplit.optim import build_optimizer
 from flsplit.split import activation_shape
 from flsplit.wire import Packet, TensorSpec, decode, encode
-from strategies import ClientHalf, ClientSlice, ServerHalf, SplitStrategy, get_strategy
+from strategies import ClientHalf, ClientSlice, ServerHalf, SplitStrategy, get_strategy, parse_config
 
 BIG = 1 << 30
 
@@ -23,7 +23,7 @@ BIG = 1 << 30
 def make_config(**overrides: object) -> RunConfig:
     """Tiny synthetic setup: resnet20 cut after 3 blocks (z is 16x32x32), batches of 16."""
     raw = {"dataset": "synthetic", "model": "resnet20", "cut": 3, "batch-size": 16, "lr": 0.1, "weight-decay": 5e-4}
-    return parse_run_config(raw | overrides)
+    return parse_config(raw | overrides)
 
 
 def make_client(config: RunConfig, strategy: type[SplitStrategy] | str, steps: int = 1, partition: int = 0) -> ClientSlice:

@@ -19,7 +19,7 @@ from flsplit.optim import build_optimizer, round_lr
 from flsplit.split import build_halves
 from flsplit.wire import Packet
 from tests.in_process_grid import InProcessGrid
-from strategies import get_strategy
+from strategies import get_strategy, parse_config
 from strategies.dsl import DSL, DSLClient
 from apps import client_app, client_state, rounds
 from apps.exchange import Exchange
@@ -183,13 +183,13 @@ def test_method_presets_are_valid_run_configs(preset: str) -> None:
     # Prepare
     raw = tomllib.loads((PRESETS / preset).read_text())
     # Execute
-    config = parse_run_config(raw)
+    config = parse_config(raw)
     # Assert
     if preset.startswith("fsl-sage"):
         assert config.optimizer == "adam"
         assert (config.model, config.cut_blocks, config.head) == ("resnet18", 4, "resnet-stage")
-        assert (config.lr, config.weight_decay, config.upload_every, config.align_every) == (1e-3, 1e-4, 5, 10)
-        assert (config.align_buffer, config.align_epochs, config.partition, config.dirichlet_alpha) == (1000, 100, "dirichlet", 1.0)
+        assert (config.lr, config.weight_decay, config.params.upload_every, config.params.align_every) == (1e-3, 1e-4, 5, 10)
+        assert (config.params.align_buffer, config.params.align_epochs, config.partition, config.dirichlet_alpha) == (1000, 100, "dirichlet", 1.0)
     else:
         assert (config.strategy, config.head, config.optimizer, config.momentum) == ("cse-fsl", "linear", "sgd", 0.0)
-        assert (config.lr, config.batch_size, config.upload_every) == (0.15, 50, 5)
+        assert (config.lr, config.batch_size, config.params.upload_every) == (0.15, 50, 5)

@@ -12,9 +12,8 @@ from experiments import reproduce
 from experiments.repro_claims import compare, write_claims
 from experiments.repro_figures import write_figures
 from experiments.repro_results import load_runs, run_is_complete
-from flsplit.config import parse_run_config
 from flsplit.launcher import run_config_text
-from strategies import strategy_names
+from strategies import parse_config
 
 ROUNDS = 3
 
@@ -67,7 +66,7 @@ def test_every_preset_run_config_is_valid_for_every_grid_point(preset: str, tmp_
     # Assert
     assert len(points) == len({p.name for p in points}) == 18 * len(loaded["grid"]["datasets"])
     for config in configs:
-        parse_run_config(config, strategies=strategy_names())
+        parse_config(config)
 
 
 def test_cpu_preset_splits_samples_per_round_over_the_clients(tmp_path: Path) -> None:

@@ -169,7 +169,9 @@ def test_fedavg_sends_whole_models_and_no_activations(superlink: SuperLink, tmp_
 
 def test_out_of_tree_plugin_strategy_runs_end_to_end(superlink: SuperLink, tmp_path: Path) -> None:
     # Execute
-    rounds = _run(superlink, tmp_path, "noisy", strategy="'examples.noisy_activations:NoisyDSL'")
+    rounds = _run(superlink, tmp_path, "noisy", strategy="'examples.noisy_activations:NoisyDSL'", **{"noisy-scale": 0.2})
+    config = json.loads((tmp_path / "noisy" / "config.json").read_text())
+    assert config["noisy-scale"] == 0.2  # the plug-in's own key reached the run
     # Assert: DSL's ledger
     for r in rounds:
         assert r["failed_clients"] == [] and r["bytes_down"] == 0

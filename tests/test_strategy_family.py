@@ -120,17 +120,18 @@ def test_fedavg_server_adopts_the_averaged_upper_part_and_rejects_activations() 
         server.check_upload(Packet({"activations": {"z": torch.zeros(1, 16, 32, 32)}, "labels": {"y": torch.zeros(1, dtype=torch.int64)}}, {"batch_sizes": [1]}))
 
 
-def test_plugin_strategy_from_a_dotted_path_adds_noise_to_uploads_only() -> None:
-    # Prepare
+@pytest.mark.parametrize("scale", [0.1, 0.3])
+def test_plugin_strategy_from_a_dotted_path_adds_noise_of_its_own_key_to_uploads_only(scale: float) -> None:
+    # Prepare: the plug-in's own key, read from the run config
     plugin = get_strategy("examples.noisy_activations:NoisyDSL")
-    config = make_config(strategy="examples.noisy_activations:NoisyDSL")
+    config = make_config(strategy="examples.noisy_activations:NoisyDSL", **({"noisy-scale": scale} if scale != 0.1 else {}))
     noisy, clean = make_client(config, plugin, steps=2), make_client(config, "dsl", steps=2)
     # Execute
     _, noisy_uploads = drive_round(plugin.client(config), make_server(config, plugin, build_halves(config)[1]), noisy)
     _, clean_uploads = drive_round(DSLClient(config), make_server(config, "dsl", build_halves(config)[1]), clean)
-    # Assert: the client trained exactly as DSL; what went up carries noise of 0.1 x std(z)
+    # Assert: the client trained exactly as DSL; what went up carries noise of scale x std(z)
     for a, b in zip(noisy.bottom.state_dict().values(), clean.bottom.state_dict().values()):
         assert torch.equal(a, b)
     z_noisy, z_clean = noisy_uploads[0].tensors["activations"]["z"], clean_uploads[0].tensors["activations"]["z"]
     ratio = float((z_noisy - z_clean).std() / z_clean.std())
-    assert 0.09 < ratio < 0.11
+    assert 0.9 * scale < ratio < 1.1 * scale
