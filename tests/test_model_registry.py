@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from flsplit.config import ConfigError, parse_run_config
-from flsplit.models import CutPoint, Network, block_names, build_head, build_model, cut_shape, model_names, resolve_cut
+from flsplit.models import CutPoint, block_names, build_head, build_model, cut_shape, model_names, resolve_cut
 from flsplit.split import activation_shape, build_halves
 from tests.halves import drive_round, make_client, make_config, make_server, next_round
 from strategies import get_strategy
