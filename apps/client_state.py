@@ -21,7 +21,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 
 from flsplit import checkpoint
 from flsplit.config import RunConfig
-from flsplit.data import Dataset, PartitionLoader, load_dataset, partition_indices
+from flsplit.data import DataOptions, Dataset, PartitionLoader, load_dataset, partition_indices
 from flsplit.optim import build_optimizer
 from flsplit.wire import load_weights, weights_of
 from strategies import ClientSlice, SplitStrategy
@@ -57,13 +57,13 @@ def data_dir_of(context: Context, config: RunConfig) -> str:
 
 
 @lru_cache(maxsize=2)
-def _dataset(name: str, data_dir: str, seed: int) -> Dataset:
-    return load_dataset(name, data_dir, seed)
+def _dataset(name: str, data_dir: str, seed: int, options: DataOptions) -> Dataset:
+    return load_dataset(name, data_dir, seed, options)
 
 
 @lru_cache(maxsize=8)
 def _partition(config: RunConfig, data_dir: str, partition_id: int, num_partitions: int) -> np.ndarray:
-    data = _dataset(config.dataset, data_dir, config.seed)
+    data = _dataset(config.dataset, data_dir, config.seed, config.data_options)
     return partition_indices(
         data.train.labels,
         partition_id,
@@ -77,7 +77,7 @@ def _partition(config: RunConfig, data_dir: str, partition_id: int, num_partitio
 
 def client_dataset(context: Context, config: RunConfig) -> Dataset:
     """The dataset this node reads (decoded once per process)."""
-    return _dataset(config.dataset, data_dir_of(context, config), config.seed)
+    return _dataset(config.dataset, data_dir_of(context, config), config.seed, config.data_options)
 
 
 def client_loader(context: Context, config: RunConfig) -> PartitionLoader:
@@ -85,7 +85,7 @@ def client_loader(context: Context, config: RunConfig) -> PartitionLoader:
     partition_id, num_partitions = partition_of(context)
     data_dir = data_dir_of(context, config)
     indices = _partition(config, data_dir, partition_id, num_partitions)
-    return PartitionLoader(_dataset(config.dataset, data_dir, config.seed), indices, config.batch_size, config.seed, partition_id)
+    return PartitionLoader(_dataset(config.dataset, data_dir, config.seed, config.data_options), indices, config.batch_size, config.seed, partition_id)
 
 
 def load_slice(context: Context, config: RunConfig, strategy: type[SplitStrategy], fresh: bool = False) -> ClientSlice:

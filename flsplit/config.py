@@ -12,7 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from flsplit.aggregation import check_aggregation
-from flsplit.models import head_names, model_names, resolve_cut
+from flsplit.data import BUILT_IN, HF_PREFIX, DataOptions, describe_dataset
+from flsplit.models import get_builder, head_names, resolve_cut
 
 
 class ConfigError(ValueError):
@@ -34,8 +35,12 @@ class RunConfig(BaseModel):
     model: str = "resnet20"
     cut: str = "s"
     aux_head: str = ""  # empty: the strategy's default (see ``head``)
-    dataset: Literal["cifar10", "cifar100", "synthetic"] = "cifar10"
+    dataset: str = "cifar10"
     data_dir: str = ""
+    image_size: int = Field(0, ge=0)  # 0: keep the images' own size
+    test_fraction: float = Field(0.0, ge=0, lt=1)  # > 0: hold out part of train when there is no test split
+    image_column: str = ""  # hf: datasets; empty: detect
+    label_column: str = ""
     partition: Literal["iid", "dirichlet", "pathological"] = "iid"
     dirichlet_alpha: float = Field(1.0, gt=0)
     classes_per_client: int = Field(2, ge=1)
@@ -84,11 +89,22 @@ class RunConfig(BaseModel):
     def _cut_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value not in BUILT_IN and not (value.startswith(HF_PREFIX) and len(value) > len(HF_PREFIX)):
+            raise ValueError(
+                f"unknown dataset '{value}'; choose one of {list(BUILT_IN)} or 'hf:<name>' (a Hugging Face dataset)"
+            )
+        return value
+
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        if value not in model_names():
-            raise ValueError(f"unknown model '{value}'; choose one of {model_names()}")
+        try:
+            get_builder(value)
+        except ValueError as err:
+            raise ValueError(str(err).removeprefix("model: ")) from None
         return value
 
     @field_validator("aux_head")
@@ -103,7 +119,10 @@ class RunConfig(BaseModel):
     def _valid_cut(cls, value: str, info: ValidationInfo) -> str:
         model = info.data.get("model")
         if model is not None:
-            resolve_cut(value, model)  # raises ValueError naming the allowed range
+            try:
+                resolve_cut(value, model)  # raises ValueError naming the allowed range
+            except ValueError as err:
+                raise ValueError(str(err).removeprefix("cut: ")) from None
         return value
 
     @property
@@ -121,9 +140,19 @@ class RunConfig(BaseModel):
         return self.aux_head or ("resnet-stage" if self.strategy == "fsl-sage" else "pooled")
 
     @property
+    def data_options(self) -> DataOptions:
+        """The keys that shape how ``imagefolder`` and ``hf:`` images are read."""
+        return DataOptions(self.image_size, self.test_fraction, self.image_column, self.label_column)
+
+    @property
     def num_classes(self) -> int:
-        """Number of classes of the configured dataset."""
-        return 100 if self.dataset == "cifar100" else 10
+        """Number of classes of the configured dataset (read from the data where it says so)."""
+        return describe_dataset(self.dataset, self.data_dir, self.seed, self.data_options)[0]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of the configured dataset's images: the network's input."""
+        return describe_dataset(self.dataset, self.data_dir, self.seed, self.data_options)[1]
 
     def as_run_config(self) -> dict[str, Any]:
         """The config as kebab-case keys (the strategy's own included), as written to ``config.json``."""

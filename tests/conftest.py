@@ -108,3 +108,29 @@ def superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuperLink]:
         yield link
     finally:
         link.stop()
+
+
+def write_image_folder(
+    root: Path, splits: dict[str, int], size: tuple[int, int] = (28, 28), mode: str = "L", classes: int = 10, seed: int = 0
+) -> Path:
+    """``root/<split>/digit<k>/NNNN.png``: ``n`` generated images per split, every class present.
+
+    Each class is a fixed random pattern plus noise, so a network can learn it.
+    """
+    rng = np.random.default_rng(seed)
+    channels = () if mode == "L" else (3,)
+    prototypes = rng.uniform(30, 225, size=(classes, size[0], size[1], *channels))
+    for split, n in splits.items():
+        for i in range(n):
+            label = i % classes
+            pixels = np.clip(prototypes[label] + rng.normal(0, 30, prototypes[label].shape), 0, 255).astype(np.uint8)
+            folder = root / split / f"digit{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels, mode=mode).save(folder / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture
+def gray_digits(tmp_path: Path) -> Path:
+    """A 28x28 grayscale, ten-class ImageFolder tree: 60 train and 30 test images."""
+    return write_image_folder(tmp_path / "digits", {"train": 60, "test": 30})

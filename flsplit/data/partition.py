@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flsplit.data.sources import atomic_save, cache_dir
+from flsplit.data.cache import atomic_save, cache_dir
 
 if TYPE_CHECKING:
     from flwr_datasets.partitioner import Partitioner

@@ -1,8 +1,11 @@
-"""CIFAR-10/100 from real files: ImageFolder trees, the python pickles, or their archives.
+"""Datasets by name: CIFAR-10/100 from real files, any ImageFolder, Hugging Face, synthetic.
 
-Decoding 60,000 JPEGs takes a while, so the decoded arrays are cached as ``.npy`` files
-(``$FLSPLIT_CACHE_DIR``, default ``~/.cache/flsplit``) keyed by the source file and its
-modification time; every later load of the same source is a plain array read.
+CIFAR comes as ImageFolder trees, the python pickles, or their archives (read here); the
+``imagefolder`` dataset is any such tree (``flsplit/data/imagefolder.py``), and ``hf:<name>`` a
+Hugging Face dataset (``flsplit/data/huggingface.py``). Decoding 60,000 JPEGs takes a while,
+so the decoded arrays are cached as ``.npy`` files (``$FLSPLIT_CACHE_DIR``, default
+``~/.cache/flsplit``) keyed by the source file and its modification time; every later load of
+the same source is a plain array read.
 """
 
 from __future__ import annotations
@@ -12,12 +15,17 @@ import io
 import os
 import pickle
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from flsplit.data.cache import atomic_save, cache_dir, cached_meta, cached_splits
+from flsplit.data.errors import DatasetNotFoundError
+from flsplit.data.huggingface import fingerprint, load_hf, read_hf
+from flsplit.data.imagefolder import ImageOptions, find_image_folder, read_image_folder, source_key
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "synthetic": 10}
 _PICKLE_DIRS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
@@ -25,13 +33,9 @@ _ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """Raised when no usable copy of a dataset is found; the message says where to put it."""
-
-
 @dataclass(frozen=True)
 class ImageSet:
-    """Images as ``uint8 (N, 32, 32, 3)`` and integer labels ``(N,)``."""
+    """Images as ``uint8 (N, H, W, C)`` (C = 3, or 1 for grayscale) and integer labels ``(N,)``."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -48,34 +52,102 @@ class Dataset:
     train: ImageSet
     test: ImageSet
     num_classes: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # one value per channel
+    std: tuple[float, ...]
+    classes: tuple[str, ...] = ()  # class names, where the source has them (ImageFolder, HF)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of one image, as the network takes it."""
+        _, h, w, c = self.train.images.shape
+        return (c, h, w)
 
 
-def load_dataset(name: str, data_dir: str = "", seed: int = 0) -> Dataset:
-    """Load ``cifar10``, ``cifar100`` or ``synthetic`` (which needs no files)."""
+@dataclass(frozen=True)
+class DataOptions:
+    """The run-config keys that shape how images are read (``image-size`` ... ``label-column``)."""
+
+    image_size: int = 0
+    test_fraction: float = 0.0
+    image_column: str = ""
+    label_column: str = ""
+
+
+BUILT_IN = ("cifar10", "cifar100", "synthetic", "imagefolder")
+HF_PREFIX = "hf:"
+
+
+def load_dataset(name: str, data_dir: str = "", seed: int = 0, options: DataOptions = DataOptions()) -> Dataset:
+    """Load ``cifar10``, ``cifar100``, ``imagefolder``, ``hf:<name>`` or ``synthetic`` (no files).
+
+    ``options`` applies to ``imagefolder`` and ``hf:`` datasets; the CIFAR readers are exactly
+    32x32 RGB and ignore it.
+    """
     if name == "synthetic":
         train, test = _synthetic(seed)
-    else:
+    elif name in ("cifar10", "cifar100"):
         train, test = _load_cached(name, Path(data_dir).expanduser() if data_dir else _default_dir())
+    else:
+        train, test, classes = _load_generic(name, data_dir, seed, options)
+        return _with_stats(name, train, test, len(classes), tuple(classes))
     return _with_stats(name, train, test)
 
 
-def _with_stats(name: str, train: ImageSet, test: ImageSet) -> Dataset:
-    pixels = train.images.reshape(-1, 3)
+def _with_stats(name: str, train: ImageSet, test: ImageSet, num_classes: int = 0, classes: tuple[str, ...] = ()) -> Dataset:
+    channels = train.images.shape[-1]
+    pixels = train.images.reshape(-1, channels)
     sample = pixels[:: max(1, len(pixels) // 2_000_000)].astype(np.float64) / 255.0
     mean = tuple(float(v) for v in sample.mean(axis=0))
     std = tuple(float(v) for v in sample.std(axis=0))
-    return Dataset(name, train, test, NUM_CLASSES[name], mean, std)  # type: ignore[arg-type]
+    return Dataset(name, train, test, num_classes or NUM_CLASSES[name], mean, std, classes)
+
+
+def _generic_key(name: str, data_dir: str, seed: int, options: DataOptions) -> tuple[str, Path | None]:
+    """The cache key of an ``imagefolder`` source (without decoding it), and the source."""
+    source = find_image_folder(Path(data_dir).expanduser() if data_dir else _default_dir())
+    held_out = f"{options.test_fraction}|{seed}" if options.test_fraction else "0"
+    return f"{source_key(source)}|{options.image_size}|{held_out}", source
+
+
+def _load_generic(name: str, data_dir: str, seed: int, options: DataOptions) -> tuple[ImageSet, ImageSet, list[str]]:
+    image_options = ImageOptions(options.image_size, options.test_fraction, seed)
+    if name == "imagefolder":
+        key, source = _generic_key(name, data_dir, seed, options)
+        build = lambda: read_image_folder(source, image_options)  # noqa: E731
+        train_x, train_y, test_x, test_y, classes = cached_splits("imagefolder", key, build)
+    else:
+        repo = name.removeprefix(HF_PREFIX)
+        splits = load_hf(repo, data_dir)
+        held_out = f"{options.test_fraction}|{seed}" if options.test_fraction else "0"
+        key = f"{repo}|{fingerprint(splits)}|{options}|{held_out}"
+        build = lambda: read_hf(splits, repo, image_options, options.image_column, options.label_column)  # noqa: E731
+        train_x, train_y, test_x, test_y, classes = cached_splits("hf-" + repo.replace("/", "--"), key, build)
+    return ImageSet(train_x, train_y), ImageSet(test_x, test_y), classes
+
+
+@lru_cache(maxsize=8)
+def describe_dataset(name: str, data_dir: str = "", seed: int = 0, options: DataOptions = DataOptions()) -> tuple[int, tuple[int, int, int]]:
+    """``(num_classes, (channels, height, width))`` of a dataset, as the network must be built.
+
+    CIFAR and ``synthetic`` are known without reading anything. An ``imagefolder`` already
+    decoded is described from its cache entry's metadata; otherwise (and for ``hf:``) the
+    dataset is loaded once, which fills the cache.
+    """
+    if name in NUM_CLASSES:
+        return NUM_CLASSES[name], (3, 32, 32)
+    if name == "imagefolder":
+        meta = cached_meta("imagefolder", _generic_key(name, data_dir, seed, options)[0])
+        if meta is not None:
+            h, w, c = meta["shape"]
+            return len(meta["classes"]), (c, h, w)
+    data = load_dataset(name, data_dir, seed, options)
+    return data.num_classes, data.input_shape
 
 
 def _default_dir() -> Path:
     return Path(os.environ.get("FLSPLIT_DATA_DIR", "~/.cache/flsplit/data")).expanduser()
 
 
-def cache_dir() -> Path:
-    """Where decoded arrays and partitions are cached (``$FLSPLIT_CACHE_DIR``)."""
-    return Path(os.environ.get("FLSPLIT_CACHE_DIR", "~/.cache/flsplit")).expanduser()
 
 
 # --- cache -------------------------------------------------------------------------------
@@ -95,14 +167,6 @@ def _load_cached(name: str, location: Path) -> tuple[ImageSet, ImageSet]:
     for path, array in zip(parts, (train.images, train.labels, test.images, test.labels)):
         atomic_save(path, array)
     return train, test
-
-
-def atomic_save(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` as ``.npy`` via a temp file and a rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 # --- finding a source ----------------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from flsplit.models.networks import build_model, cut_shape, next_stage_blocks
+from flsplit.models.networks import INPUT_SHAPE, build_model, cut_shape, next_stage_blocks
 
 
 @dataclass(frozen=True)
@@ -24,11 +24,12 @@ class CutPoint:
     num_classes: int
     model: str = ""  # the network's name, for heads built from its layers
     blocks: int = 0  # blocks kept on the client
+    input_shape: tuple[int, int, int] = INPUT_SHAPE  # the network's input (channels, height, width)
 
     @classmethod
-    def of(cls, model: str, blocks: int, num_classes: int) -> CutPoint:
+    def of(cls, model: str, blocks: int, num_classes: int, input_shape: tuple[int, int, int] = INPUT_SHAPE) -> CutPoint:
         """The cut after ``blocks`` blocks of the named network (shape from a dry run)."""
-        return cls(cut_shape(blocks, model, num_classes), num_classes, model, blocks)
+        return cls(cut_shape(blocks, model, num_classes, input_shape), num_classes, model, blocks, input_shape)
 
 
 HeadFactory = Callable[[CutPoint], nn.Module]
@@ -98,7 +99,8 @@ def resnet_stage_head(cut: CutPoint) -> nn.Module:
     """
     if not cut.model:
         raise ValueError("aux-head: 'resnet-stage' needs the network that was cut")
-    network = build_model(cut.model, cut.num_classes)
-    stage = [network[i] for i in next_stage_blocks(cut.model, cut.blocks)]
+    positions = next_stage_blocks(cut.model, cut.blocks, cut.input_shape)  # raises for a network without stages
+    network = build_model(cut.model, cut.num_classes, cut.input_shape)
+    stage = [network[i] for i in positions]
     channels = next(m.out_channels for block in reversed(stage) for m in reversed(list(block.modules())) if isinstance(m, nn.Conv2d))
     return nn.Sequential(*stage, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, cut.num_classes))

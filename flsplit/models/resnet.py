@@ -48,8 +48,8 @@ class BasicBlock(nn.Module):
 class Stem(nn.Sequential):
     """The first 3x3 convolution, batch norm and ReLU."""
 
-    def __init__(self) -> None:
-        super().__init__(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+    def __init__(self, in_channels: int = 3) -> None:
+        super().__init__(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
 
 
 class Classifier(nn.Sequential):
@@ -64,12 +64,16 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.kaiming_normal_(module.weight)
 
 
-def cifar_resnet(model_name: str, num_classes: int = 10) -> nn.Sequential:
-    """Build a named CIFAR ResNet as ``Sequential(stem, block_1, ..., block_3n, classifier)``."""
+def cifar_resnet(model_name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Sequential:
+    """Build a named CIFAR ResNet as ``Sequential(stem, block_1, ..., block_3n, classifier)``.
+
+    The network is fully convolutional up to a global average pool, so it takes any image size;
+    ``in_channels`` is 1 for grayscale images.
+    """
     if model_name not in DEPTHS:
         raise ValueError(f"model: unknown model '{model_name}'; choose one of {sorted(DEPTHS)}")
     per_stage = (DEPTHS[model_name] - 2) // 6
-    layers: list[nn.Module] = [Stem()]
+    layers: list[nn.Module] = [Stem(in_channels)]
     in_planes = 16
     for stage, planes in enumerate((16, 32, 64)):
         for i in range(per_stage):

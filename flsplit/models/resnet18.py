@@ -17,9 +17,16 @@ from torchvision.models import resnet18 as torchvision_resnet18
 STAGES = (2, 2, 2, 2)
 
 
-def resnet18(num_classes: int = 10) -> nn.Sequential:
-    """torchvision's ResNet-18 (its own initialisation) as ``Sequential(stem, 8 blocks, classifier)``."""
+def resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Sequential:
+    """torchvision's ResNet-18 (its own initialisation) as ``Sequential(stem, 8 blocks, classifier)``.
+
+    ``in_channels`` other than 3 (grayscale) replaces the first convolution by one of the same
+    geometry, initialised as torchvision initialises it.
+    """
     net = torchvision_resnet18(weights=None, num_classes=num_classes)
+    if in_channels != net.conv1.in_channels:
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
     blocks = [block for layer in (net.layer1, net.layer2, net.layer3, net.layer4) for block in layer]
     classifier = nn.Sequential(net.avgpool, nn.Flatten(), net.fc)
