@@ -109,6 +109,19 @@ def _checkpoint(writer: ResultsWriter, server: ServerHalf, ledger: Ledger, weigh
     )
 
 
+def changed_keys(config: RunConfig, saved: dict[str, Any]) -> list[str]:
+    """Keys whose value differs from the checkpointed run's ``config.json`` and may not change.
+
+    A key the checkpointed run did not record came with a later flsplit; at its default it
+    changes nothing, so a run continues across an upgrade. A scheduled run keeps its length,
+    because the learning-rate schedule spans its rounds.
+    """
+    resumable = RESUMABLE_CHANGES - ({"num-server-rounds"} if config.lr_schedule != "constant" else set())
+    defaults = RunConfig().as_run_config() | (type(config.params)().model_dump(by_alias=True) if config.params else {})
+    current = config.as_run_config()
+    return sorted(k for k, v in current.items() if k not in resumable and saved.get(k, defaults.get(k)) != v)
+
+
 def _resume(config: RunConfig, writer: ResultsWriter, server: ServerHalf, ledger: Ledger) -> dict[str, Any] | None:
     """Restore the server from its last checkpoint and rewrite ``metrics.jsonl`` to match it."""
     path = writer.dir / CHECKPOINT
@@ -116,9 +129,7 @@ def _resume(config: RunConfig, writer: ResultsWriter, server: ServerHalf, ledger
         log(WARNING, "resume: no checkpoint at %s; starting from round 1", path)
         return None
     saved_config = writer.read_config()
-    # The schedule spans the run's rounds, so a scheduled run keeps its length.
-    resumable = RESUMABLE_CHANGES - ({"num-server-rounds"} if config.lr_schedule != "constant" else set())
-    changed = sorted(k for k, v in config.as_run_config().items() if k not in resumable and saved_config.get(k) != v)
+    changed = changed_keys(config, saved_config)
     if changed:
         raise ConfigError(
             "invalid run config:\n  - "

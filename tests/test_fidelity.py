@@ -193,3 +193,17 @@ def test_method_presets_are_valid_run_configs(preset: str) -> None:
     else:
         assert (config.strategy, config.head, config.optimizer, config.momentum) == ("cse-fsl", "linear", "sgd", 0.0)
         assert (config.lr, config.batch_size, config.params.upload_every) == (0.15, 50, 5)
+
+
+def test_resume_accepts_keys_a_run_did_not_record_at_their_default_and_keeps_a_schedules_length() -> None:
+    # Prepare: a checkpointed run's config.json from before the optimizer keys existed
+    from apps.server_app import changed_keys
+
+    config = parse_config({"strategy": "fsl-sage", "lr-schedule": "cosine", "num-server-rounds": 30})
+    saved = {k: v for k, v in config.as_run_config().items() if k not in ("optimizer", "align-lr")}
+    # Execute / Assert
+    assert changed_keys(config, saved) == []
+    assert changed_keys(parse_config({"strategy": "fsl-sage", "optimizer": "adam", "lr-schedule": "cosine", "num-server-rounds": 30}), saved) == ["optimizer"]
+    assert changed_keys(parse_config({"strategy": "fsl-sage", "lr-schedule": "cosine", "num-server-rounds": 40}), saved) == ["num-server-rounds"]
+    constant = parse_config({"strategy": "fsl-sage", "num-server-rounds": 30})
+    assert changed_keys(parse_config({"strategy": "fsl-sage", "num-server-rounds": 40}), constant.as_run_config()) == []
