@@ -120,7 +120,10 @@ def run_grid(preset: dict[str, Any], data_dir: str, out: Path, scratch: Path, ti
                 flush=True,
             )
             config = run_config(preset, point, data_dir, scratch)
-            shutil.rmtree(scratch / point.name, ignore_errors=True)
+            # An interrupted run continues from its last checkpoint (at most one round lost).
+            config["resume"] = (scratch / point.name / "checkpoint.pt").exists()
+            if not config["resume"]:
+                shutil.rmtree(scratch / point.name, ignore_errors=True)
             run_started = time.monotonic()
             code, tail = _run(link, config, point.clients, timeout_s)
             durations.append(time.monotonic() - run_started)

@@ -56,15 +56,15 @@ def finished_grid(tmp_path: Path) -> Path:
     return tmp_path / "out"
 
 
-@pytest.mark.parametrize("preset", ["cpu", "paper"])
-def test_every_preset_run_config_is_valid_for_every_grid_point(preset: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("preset", "runs_per_dataset"), [("cpu", 18), ("paper", 18), ("cpu-long", 4)])
+def test_every_preset_run_config_is_valid_for_every_grid_point(preset: str, runs_per_dataset: int, tmp_path: Path) -> None:
     # Prepare
     loaded = reproduce.load_preset(preset)
     # Execute
     points = reproduce.grid_points(loaded["grid"])
     configs = [reproduce.run_config(loaded, p, "/data", tmp_path) for p in points]
     # Assert
-    assert len(points) == len({p.name for p in points}) == 18 * len(loaded["grid"]["datasets"])
+    assert len(points) == len({p.name for p in points}) == runs_per_dataset * len(loaded["grid"]["datasets"])
     for config in configs:
         parse_config(config)
 
