@@ -23,6 +23,7 @@ from apps.client_state import (
     RUN,
     client_dataset,
     client_loader,
+    client_placement,
     load_slice,
     partition_of,
     restore_checkpoint,
@@ -56,6 +57,7 @@ def _quota(config: RunConfig, batches_per_epoch: int) -> int:
 def hello(msg: Message, context: Context) -> Message:
     """Tell the server who this node is and how much data it holds."""
     config = run_config(context)
+    client_placement(config.device, config.amp, config.deterministic)  # a missing device fails here, at start-up
     partition_id, num_partitions = partition_of(context)
     request = decode(msg.content, [])
     if "clients_dir" in request.info:
@@ -81,7 +83,7 @@ def train_step(msg: Message, context: Context) -> Message:
     half = strategy.client(config)
     client = load_slice(context, config, strategy)
     specs = half.download_specs(activation_shape(config)) if msg.content.array_records else []
-    request = decode(msg.content, specs, wire_dtype=config.wire_dtype)
+    request = decode(msg.content, specs, wire_dtype=config.wire_dtype).to(client.placement.device)  # validated on the CPU
     round_number = int(request.info["round"])  # type: ignore[arg-type]
     if round_number != client.counters["round"]:
         client.counters["round"] = round_number
@@ -113,6 +115,8 @@ def _train_measured(half: ClientHalf, request: Packet, client: ClientSlice, conf
         upload = half.train(request, client, int(config.chunk_mb * MiB))
     client.live["held_bytes"] = reading.held_after
     upload.info |= {"memory_peak_bytes": reading.peak, "memory_saved_bytes": reading.saved}
+    if reading.cuda_peak is not None:
+        upload.info["memory_cuda_peak_bytes"] = reading.cuda_peak
     return upload
 
 
@@ -159,9 +163,10 @@ def _evaluate_chunk(context: Context, config: RunConfig, client: ClientSlice, of
     client.bottom.eval()
     if client.aux is not None:
         client.aux.eval()
-    with torch.no_grad():
+    with torch.no_grad(), client.placement.autocast():
         for start in range(0, len(chosen), EVAL_BATCH):
             x, y = test_tensors(data, chosen[start : start + EVAL_BATCH])
+            x, y = client.placement.put(x), client.placement.put(y)
             z = client.bottom(x)
             if client.aux is not None:
                 logits = client.aux(z)

@@ -22,11 +22,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flsplit import checkpoint
 from flsplit.config import RunConfig
 from flsplit.data import DataOptions, Dataset, PartitionLoader, load_dataset, partition_indices
+from flsplit.device import Placement, host_optimizer_steps, set_deterministic, to_host
 from flsplit.optim import build_optimizer
 from flsplit.wire import load_weights, weights_of
 from strategies import ClientSlice, SplitStrategy
 
 WEIGHTS, OPTIMIZER, COUNTERS = "flsplit.weights", "flsplit.optimizer", "flsplit.counters"
+SCALER = "flsplit.scaler"  # the fp16 gradient scaler's state (CUDA only)
 RUN = "flsplit.run"  # where this run keeps client checkpoints
 # Most recently used first out: a CSL slice holds its pending autograd graph (tens of MB), so
 # an unbounded cache grows with the number of nodes a simulation worker serves.
@@ -88,6 +90,13 @@ def client_loader(context: Context, config: RunConfig) -> PartitionLoader:
     return PartitionLoader(_dataset(config.dataset, data_dir, config.seed, config.data_options), indices, config.batch_size, config.seed, partition_id)
 
 
+@lru_cache(maxsize=4)
+def client_placement(device: str, amp: str, deterministic: bool = False) -> Placement:
+    """This process's client device (resolved once; Ray's GPU for this worker is ``cuda`` here)."""
+    set_deterministic(deterministic)
+    return Placement.of(device, amp)
+
+
 def load_slice(context: Context, config: RunConfig, strategy: type[SplitStrategy], fresh: bool = False) -> ClientSlice:
     """The node's current slice: from the process cache if current, else rebuilt from state.
 
@@ -100,10 +109,14 @@ def load_slice(context: Context, config: RunConfig, strategy: type[SplitStrategy
     if cached is not None and version is not None and cached[0] == version:
         _LIVE.move_to_end(key)
         return cached[1]
-    modules = strategy.client_modules(config)
+    placement = client_placement(config.device, config.amp, config.deterministic)
+    # Modules on the device first, then the optimizer over their (moved) parameters.
+    modules = {name: module.to(placement.device) for name, module in strategy.client_modules(config).items()}
     bottom, head = modules["bottom"], modules.get("aux")
     params = list(bottom.parameters()) + (list(head.parameters()) if head is not None else [])
-    client = ClientSlice(bottom, head, build_optimizer(params, config), client_loader(context, config), {"step": 0, "round_end": 0, "round": 0})
+    optimizer = build_optimizer(params, config)
+    start = {"step": 0, "round_end": 0, "round": 0}
+    client = ClientSlice(bottom, head, optimizer, client_loader(context, config), start, placement=placement, scaler=placement.scaler())
     if counters is not None:
         _restore(context, client, counters)
     return client
@@ -117,9 +130,11 @@ def save_slice(context: Context, client: ClientSlice, keep: int = 8) -> None:
     """
     version = uuid.uuid4().hex
     snapshot = _snapshot(client)
-    context.state[WEIGHTS] = ArrayRecord({k: Array(v.numpy()) for k, v in snapshot["weights"].items()})
-    context.state[OPTIMIZER] = ArrayRecord({k: Array(v.numpy()) for k, v in snapshot["optimizer"].items()})
+    context.state[WEIGHTS] = ArrayRecord({k: Array(v.numpy()) for k, v in to_host(snapshot["weights"]).items()})
+    context.state[OPTIMIZER] = ArrayRecord({k: Array(v.numpy()) for k, v in to_host(snapshot["optimizer"]).items()})
     context.state[COUNTERS] = ConfigRecord({**client.counters, "version": version})
+    if snapshot["scaler"]:
+        context.state[SCALER] = ConfigRecord(snapshot["scaler"])
     key = (context.run_id, context.node_id)
     _LIVE[key] = (version, client)
     _LIVE.move_to_end(key)
@@ -149,7 +164,8 @@ def restore_checkpoint(context: Context, config: RunConfig, strategy: type[Split
     for candidate in (_checkpoint_path(context, round_number), _checkpoint_path(context, round_number - 1)):
         if candidate.exists():
             client = load_slice(context, config, strategy, fresh=True)
-            _apply_snapshot(client, checkpoint.load(candidate))
+            # Onto this run's device, whichever device wrote the checkpoint.
+            _apply_snapshot(client, checkpoint.load(candidate, client.placement.device))
             save_slice(context, client, config.client_cache)
             return
     raise FileNotFoundError(f"resume: no checkpoint at {candidate} or the round before")
@@ -171,16 +187,22 @@ def _snapshot(client: ClientSlice) -> dict:
             if isinstance(value, torch.Tensor):
                 state[f"{index}/{name}"] = value.detach().clone()
     weights = {k: v.detach().clone() for k, v in weights_of(client.modules()).items()}
-    return {"weights": weights, "optimizer": state, "counters": dict(client.counters)}
+    scaler = client.scaler.state_dict()  # empty unless the scaler is enabled (fp16 on CUDA)
+    return {"weights": weights, "optimizer": state, "counters": dict(client.counters), "scaler": scaler}
 
 
 def _apply_snapshot(client: ClientSlice, snapshot: dict) -> None:
+    """Load a snapshot onto the slice's device (optimizer state beside its parameter)."""
     load_weights(client.modules(), snapshot["weights"])
     params = _params(client)
     for key, value in snapshot["optimizer"].items():
         index, name = key.split("/", 1)
-        client.optimizer.state[params[int(index)]][name] = value.clone()
+        param = params[int(index)]
+        client.optimizer.state[param][name] = value.to(param.device, copy=True)
+    host_optimizer_steps(client.optimizer)
     client.counters = {k: int(v) for k, v in snapshot["counters"].items() if k != "version"}
+    if snapshot.get("scaler") and client.scaler.is_enabled():
+        client.scaler.load_state_dict(dict(snapshot["scaler"]))
 
 
 def _restore(context: Context, client: ClientSlice, counters: ConfigRecord) -> None:
@@ -188,5 +210,6 @@ def _restore(context: Context, client: ClientSlice, counters: ConfigRecord) -> N
         "weights": {k: torch.from_numpy(v.numpy().copy()) for k, v in context.state[WEIGHTS].items()},
         "optimizer": {k: torch.from_numpy(v.numpy().copy()) for k, v in context.state[OPTIMIZER].items()},
         "counters": dict(counters),
+        "scaler": dict(context.state.config_records.get(SCALER, {})),
     }
     _apply_snapshot(client, snapshot)

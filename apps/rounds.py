@@ -55,6 +55,8 @@ class RoundStats:
     peak_rss_mb: float = 0.0  # highest resident set of any client process (whole process)
     client_memory: MemoryReading | None = None  # highest probed peak of any client (flsplit.memory)
     server_memory: MemoryReading | None = None
+    client_cuda_peak: int | None = None  # highest torch.cuda.max_memory_allocated of a probe; None off CUDA
+    server_cuda_peak: int | None = None
     failures: dict[int, str] = field(default_factory=dict)  # partition id -> reason
 
     def note_upload(self, upload: Packet, reply: Reply) -> None:
@@ -79,6 +81,9 @@ class RoundStats:
         current = getattr(self, attribute)
         if current is None or reading.peak > current.peak:
             setattr(self, attribute, reading)
+        if reading.cuda_peak is not None:
+            highest = getattr(self, f"{party}_cuda_peak")
+            setattr(self, f"{party}_cuda_peak", max(highest or 0, reading.cuda_peak))
 
     def fail(self, client: Client, reason: str, phase: str) -> None:
         """Record a client's failure in this round and log it with the client's name."""
@@ -101,6 +106,8 @@ class RoundStats:
             reading = getattr(self, f"{party}_memory")
             out[f"{party}_peak_mb"] = reading.peak / MiB if reading else None
             out[f"{party}_saved_mb"] = reading.saved / MiB if reading else None
+            cuda = getattr(self, f"{party}_cuda_peak")
+            out[f"{party}_cuda_peak_mb"] = cuda / MiB if cuda is not None else None
         out["failed_clients"] = sorted(self.failures)
         out["failures"] = [{"client": pid, "reason": why} for pid, why in sorted(self.failures.items())]
         return out
@@ -130,6 +137,7 @@ class UploadReport:
         if missing:
             raise PayloadError(f"info: the upload lacks {missing}")
         probed = "memory_peak_bytes" in info
+        cuda = info.get("memory_cuda_peak_bytes")
         return cls(
             fwd_s=float(info["fwd_s"]),  # type: ignore[arg-type]
             bwd_s=float(info["bwd_s"]),  # type: ignore[arg-type]
@@ -137,7 +145,13 @@ class UploadReport:
             peak_rss_mb=float(info["peak_rss_mb"]),  # type: ignore[arg-type]
             aux_loss_sum=float(info.get("aux_loss_sum", 0.0)),  # type: ignore[arg-type]
             local_samples=int(info.get("local_samples", len(upload.labels) if upload.has_data else 0)),  # type: ignore[arg-type]
-            memory=MemoryReading(int(info["memory_peak_bytes"]), int(info["memory_saved_bytes"])) if probed else None,  # type: ignore[arg-type]
+            memory=MemoryReading(
+                int(info["memory_peak_bytes"]),  # type: ignore[arg-type]
+                int(info["memory_saved_bytes"]),  # type: ignore[arg-type]
+                cuda_peak=int(cuda) if cuda is not None else None,  # type: ignore[arg-type]
+            )
+            if probed
+            else None,
         )
 
 
@@ -240,6 +254,7 @@ class RoundDriver:
                         raise PayloadError(reply.error or "no reply")
                     self.server.check_upload(upload)
                     stats.note_upload(upload, reply)
+                    upload = upload.to(self.server.placement.device)  # validated on the CPU, then moved once
                 except PayloadError as err:
                     stats.fail(client, str(err), "training")
                     self.exchange.abandon(client.node_id)
@@ -335,9 +350,10 @@ class RoundDriver:
             if not info["done"]:
                 request = Packet(info={"offset": int(info["next_offset"]), "evaluate": True})  # type: ignore[arg-type]
                 self.exchange.send(client.node_id, MessageKind.EVALUATE, request)
-            y = reply.packet.labels
-            with torch.no_grad():
-                logits = self.server.top(reply.packet.activations)
+            scored = reply.packet.to(self.server.placement.device)
+            y = scored.labels
+            with torch.no_grad(), self.server.placement.autocast():
+                logits = self.server.top(scored.activations)
                 loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
                 correct += int((logits.argmax(1) == y).sum())
             samples += len(y)

@@ -16,12 +16,13 @@ from flwr.serverapp import Grid, ServerApp
 from flsplit import checkpoint
 from flsplit.aggregation import build_aggregator
 from flsplit.config import ConfigError, RunConfig
+from flsplit.device import Placement, set_deterministic
 from flsplit.ledger import Ledger
 from flsplit.optim import build_optimizer
 from flsplit.results import ResultsWriter
 from flsplit.split import build_halves
 from flsplit.tracking import open_tracker
-from strategies import ServerHalf, get_strategy, parse_config
+from strategies import ServerHalf, SplitStrategy, get_strategy, parse_config
 from apps import rounds
 from apps.exchange import Exchange
 
@@ -31,7 +32,8 @@ CHECKPOINT = "checkpoint.pt"
 #: How long the ServerApp waits for ``min-clients`` nodes to connect.
 NODE_WAIT_S = 120.0
 # Keys that may change between a run and its resumption.
-RESUMABLE_CHANGES = {"resume", "num-server-rounds", "message-timeout", "tensorboard"}
+# A run moves between machines: its device, precision and determinism switch may change.
+RESUMABLE_CHANGES = {"resume", "num-server-rounds", "message-timeout", "tensorboard", "device", "server-device", "amp", "deterministic"}
 
 
 @app.main()
@@ -39,8 +41,7 @@ def main(grid: Grid, context: Context) -> None:
     """Train for ``num-server-rounds`` rounds and write ``config.json`` and ``metrics.jsonl``."""
     config = parse_config(context.run_config, from_flower=True)
     strategy = get_strategy(config.strategy)
-    _, top, _ = build_halves(config)
-    server = strategy.server(top, build_optimizer(list(top.parameters()), config), config)
+    server = build_server(config, strategy)
     ledger = Ledger()
     writer = ResultsWriter(config.results_dir, _run_name(config))
     restored = _resume(config, writer, server, ledger) if config.resume else None
@@ -67,6 +68,15 @@ def main(grid: Grid, context: Context) -> None:
             log(INFO, "%s", rounds.round_line(metrics, config.num_server_rounds))
         tracker.close()
     log(INFO, "flsplit: done; metrics in %s", writer.metrics_path)
+
+
+def build_server(config: RunConfig, strategy: type[SplitStrategy]) -> ServerHalf:
+    """The strategy's server half, its top slice on ``server-device`` (fails at start-up if absent)."""
+    set_deterministic(config.deterministic)
+    placement = Placement.of(config.server_device_name, config.amp, "server-device" if config.server_device else "device")
+    _, top, _ = build_halves(config)
+    top = top.to(placement.device)  # on the device first, then the optimizer over its parameters
+    return strategy.server(top, build_optimizer(list(top.parameters()), config), config)
 
 
 def _run_facts(config: RunConfig, num_clients: int) -> dict[str, Any]:
@@ -135,7 +145,7 @@ def _resume(config: RunConfig, writer: ResultsWriter, server: ServerHalf, ledger
             "invalid run config:\n  - "
             + "\n  - ".join(f"{k}: {config.as_run_config()[k]!r} differs from the checkpointed run's {saved_config.get(k)!r}" for k in changed)
         )
-    state = checkpoint.load(path)
+    state = checkpoint.load(path, server.placement.device)  # onto this run's device, whichever wrote it
     server.load_state_dict(state)
     ledger.restore(state["ledger"])
     checkpoint.set_rng_states(state["rng"])

@@ -28,9 +28,12 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
         raise
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by ``save_atomic``."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+def load(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by ``save_atomic``, its tensors onto ``device``.
+
+    Whatever device wrote it (``map_location``), so a run moves between GPU and CPU machines.
+    """
+    return torch.load(path, map_location=device, weights_only=False)
 
 
 def rng_states() -> dict[str, Any]:
@@ -42,4 +45,4 @@ def set_rng_states(states: dict[str, Any]) -> None:
     """Restore what ``rng_states`` returned."""
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
-    torch.random.set_rng_state(states["torch"])
+    torch.random.set_rng_state(states["torch"].cpu())  # a CPU generator's state, wherever it was loaded

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from flsplit.aggregation import check_aggregation
 from flsplit.data import BUILT_IN, HF_PREFIX, DataOptions, describe_dataset
+from flsplit.device import check_amp, check_device
 from flsplit.models import get_builder, head_names, resolve_cut
 
 
@@ -68,6 +69,10 @@ class RunConfig(BaseModel):
     client_cache: int = Field(8, ge=0)
     aggregation: str = "FedAvg"
     serve_order: Literal["", "sequential", "interleaved"] = ""  # empty: the strategy's own order
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps (flsplit.device)
+    server_device: str = ""  # the ServerApp's device; empty: device
+    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast of the forward passes
+    deterministic: bool = False  # deterministic kernels (cuDNN, cuBLAS)
     #: The strategy's own settings (``SplitStrategy.params``), validated from its keys.
     params: Any = Field(default=None, exclude=True)
 
@@ -83,6 +88,27 @@ class RunConfig(BaseModel):
     @classmethod
     def _known_aggregation(cls, value: str) -> str:
         return check_aggregation(value)  # raises ValueError naming the supported strategies
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        return check_device(value)
+
+    @field_validator("server_device")
+    @classmethod
+    def _known_server_device(cls, value: str) -> str:
+        return check_device(value) if value else value
+
+    @field_validator("amp")
+    @classmethod
+    def _amp_fits_the_devices(cls, value: str, info: ValidationInfo) -> str:
+        device = info.data.get("device")
+        if device is not None and device != "auto":
+            check_amp(value, device, "device")
+        server = info.data.get("server_device")
+        if server and server != "auto":
+            check_amp(value, server, "server-device")
+        return value
 
     @field_validator("cut", mode="before")
     @classmethod
@@ -124,6 +150,11 @@ class RunConfig(BaseModel):
             except ValueError as err:
                 raise ValueError(str(err).removeprefix("cut: ")) from None
         return value
+
+    @property
+    def server_device_name(self) -> str:
+        """The device the ServerApp resolves: ``server-device``, or ``device`` when it is empty."""
+        return self.server_device or self.device
 
     @property
     def cut_blocks(self) -> int:

@@ -9,6 +9,10 @@ ATen operation, forward and backward, through a ``TorchDispatchMode``. Frees are
 happen, so a graph released during the backward pass lowers the curve. Only transient
 buffers that a single kernel allocates and frees internally are invisible.
 
+On CUDA the window also reads ``torch.cuda.max_memory_allocated`` of the party's device (reset
+when the window opens), the measure the FSL-SAGE paper reports per party: everything this
+process has allocated on the device at its highest point, not only this party's part.
+
 The cross-check counts the bytes autograd saves for the backward pass (saved-tensor hooks,
 unique storages, parameters excluded): an independent lower bound on the activation memory.
 """
@@ -27,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from flsplit.device import cuda_peak, cuda_peak_start, device_of
 
 
 class _MallInfo2(ctypes.Structure):
@@ -145,6 +151,7 @@ class MemoryReading:
     peak: int = 0  # persistent state + held at start + highest heap rise
     saved: int = 0  # most bytes of autograd's saved tensors alive at once (cross-check)
     held_after: int = 0  # saved tensors still alive when the window closed
+    cuda_peak: int | None = None  # torch.cuda.max_memory_allocated over the window; None off CUDA
 
 
 @contextmanager
@@ -160,11 +167,14 @@ def measure(modules: Iterable[nn.Module], optimizers: Iterable[torch.optim.Optim
         they were allocated before the window (a pending graph, a received upload).
     """
     modules = list(modules)
+    device = device_of(modules)
     reading = MemoryReading()
     persistent = state_bytes(modules, optimizers)
     saved = _SavedTensors({p.untyped_storage().data_ptr() for m in modules for p in m.parameters()})
+    cuda_peak_start(device)
     with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda tensor: tensor), _HeapPeak() as heap:
         yield reading
+    reading.cuda_peak = cuda_peak(device)
     reading.peak = persistent + held + max(0, heap.peak - heap.start)
     reading.saved = saved.peak
     reading.held_after = saved.alive_bytes

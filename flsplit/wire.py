@@ -18,6 +18,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
 
 from flsplit.compression import COMPRESSIBLE_KINDS, SCALE_SUFFIX, compress, decompress, part_dtypes
+from flsplit.device import to_device, to_host
 from flsplit.flwr_internals import serialized_objects
 
 INFO = "info"
@@ -53,6 +54,11 @@ class Packet:
     def gradient(cls, dz: torch.Tensor, info: Info | None = None) -> Packet:
         """The server's gradient ``dL/dz`` for the client's pending activations."""
         return cls({"gradients": {"dz": dz}}, dict(info or {}))
+
+    def to(self, device: torch.device) -> Packet:
+        """The same packet with every tensor on ``device`` (after it was validated on the CPU)."""
+        moved = {kind: {name: to_device(t, device) for name, t in group.items()} for kind, group in self.tensors.items()}
+        return Packet(moved, self.info)
 
     @property
     def has_data(self) -> bool:
@@ -119,13 +125,12 @@ def encode(packet: Packet, wire_dtype: str = "fp32") -> RecordDict:
     for kind, tensors in packet.tensors.items():
         if kind not in KINDS:
             raise ValueError(f"unknown payload kind '{kind}'; use one of {KINDS}")
-        arrays = {}
+        parts = {}
         for name, tensor in tensors.items():
-            tensor = tensor.detach().cpu()
-            parts = compress(tensor, wire_dtype) if kind in COMPRESSIBLE_KINDS else {"": tensor}
-            for suffix, part in parts.items():
-                arrays[name + suffix] = Array(part.contiguous().numpy())
-        content[kind] = ArrayRecord(arrays)
+            tensor = tensor.detach()  # compressed where it lives, so fewer bytes leave a GPU
+            compressed = compress(tensor, wire_dtype) if kind in COMPRESSIBLE_KINDS else {"": tensor}
+            parts |= {name + suffix: part for suffix, part in compressed.items()}
+        content[kind] = ArrayRecord({key: Array(part.contiguous().numpy()) for key, part in to_host(parts).items()})
     content[INFO] = ConfigRecord(dict(packet.info))
     return content
 

@@ -25,9 +25,13 @@ from torch import nn
 
 from flsplit.config import RunConfig, StrategyParams, parse_run_config
 from flsplit.data import PartitionLoader
+from flsplit.device import Placement, device_of, host_optimizer_steps
 from flsplit.metering import Stopwatch
 from flsplit.split import build_halves
 from flsplit.wire import Packet, PayloadError, TensorSpec, upload_specs
+
+#: The chunk bound (``chunk-mb``) counts activations as float32, whatever autocast made them.
+FLOAT32_BYTES = 4
 
 
 @dataclass
@@ -49,6 +53,10 @@ class ClientSlice:
     counters: dict[str, int]
     watch: Stopwatch = field(default_factory=Stopwatch)
     live: dict[str, Any] = field(default_factory=dict)
+    #: Where the slice computes and in which precision; its modules and batches live there.
+    placement: Placement = field(default_factory=Placement)
+    #: Scales the client's loss (or the server's gradient) for ``fp16`` on CUDA; passes through otherwise.
+    scaler: torch.amp.GradScaler = field(default_factory=lambda: Placement().scaler())
 
     def modules(self) -> dict[str, nn.Module]:
         """The trainable modules by name (``bottom``, and ``aux`` where the strategy has one)."""
@@ -60,7 +68,22 @@ class ClientSlice:
         if step >= self.counters["round_end"]:
             return None
         self.counters["step"] = step + 1
-        return (step, *self.loader.batch(step))
+        return (step, *self.batch(step))
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``step`` of the partition as ``(x, y)`` on the slice's device."""
+        x, y = self.loader.batch(step)
+        return self.placement.put(x), self.placement.put(y)
+
+    def step(self, loss: torch.Tensor | None = None) -> None:
+        """Backpropagate ``loss`` (if given) and step the optimizer, through the gradient scaler.
+
+        Without ``fp16`` on CUDA this is ``loss.backward()`` and ``optimizer.step()``.
+        """
+        if loss is not None:
+            self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     def local_iteration(self, step: int) -> int:
         """Position of batch ``step`` within this round (0 for the round's first batch)."""
@@ -91,6 +114,9 @@ class ServerHalf(ABC):
 
     def __init__(self, top: nn.Module, optimizer: torch.optim.Optimizer, config: RunConfig) -> None:
         self.top, self.optimizer, self.config = top, optimizer, config
+        #: The server's device (where ``top`` lives) and the run's autocast precision.
+        self.placement = Placement(device_of([top]), config.amp)
+        self.scaler = self.placement.scaler()
         self.watch = Stopwatch()
         #: Each client's partition size (client index -> examples), set once the clients are known.
         self.partition_sizes: dict[int, int] = {}
@@ -156,16 +182,19 @@ class ServerHalf(ABC):
         with self.watch.time("server"):
             for z, y in zip(z_all.split(sizes), y_all.split(sizes)):
                 z = z.detach().requires_grad_(keep_input_grad)
-                logits = model(z)
-                loss = F.cross_entropy(logits, y)
+                with self.placement.autocast():
+                    logits = model(z)
+                    loss = F.cross_entropy(logits, y)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+                self.scaler.scale(loss).backward()
+                self.scaler.step(optimizer)
+                self.scaler.update()
                 self._loss_sum += loss.item() * len(y)
                 self._correct += int((logits.argmax(1) == y).sum())
                 self._samples += len(y)
                 if keep_input_grad:
-                    grads.append(z.grad)
+                    grads.append(unscaled(z.grad, scale))
         return torch.cat(grads) if keep_input_grad else None
 
     def take_metrics(self) -> dict[str, float]:
@@ -181,12 +210,27 @@ class ServerHalf(ABC):
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume this server half after a round (extend, don't replace)."""
-        return {"top": self.top.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {"top": self.top.state_dict(), "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` returned."""
+        """Restore what ``state_dict`` returned (onto this server's device, whatever it was saved on)."""
         self.top.load_state_dict(state["top"])
         self.optimizer.load_state_dict(state["optimizer"])
+        host_optimizer_steps(self.optimizer)
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+
+def unscaled(grad: torch.Tensor, scale: float) -> torch.Tensor:
+    """``dL/dz`` from the gradient of a loss scaled by ``scale`` (fp16 on CUDA; else ``grad`` itself).
+
+    A batch whose scaled gradient overflowed (the scaler skipped the server's step) sends
+    zeros, so the client's step on it applies no gradient; the payload stays finite.
+    """
+    if scale == 1.0:
+        return grad
+    grad = grad / scale
+    return grad if bool(torch.isfinite(grad).all()) else torch.zeros_like(grad)
 
 
 def batch_sizes(upload: Packet, total: int, max_batch: int) -> list[int]:

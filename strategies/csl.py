@@ -26,7 +26,7 @@ class CSLClient(ClientHalf):
             return Packet(info={"done": True})
         step, x, y = batch
         client.bottom.train()
-        with client.watch.time("fwd"):
+        with client.watch.time("fwd"), client.placement.autocast():
             z = client.bottom(x)
         hold_pending(client, step, z, y)
         return Packet.upload(z.detach(), y, {"batch_sizes": [len(y)], "done": False})
@@ -37,8 +37,10 @@ class CSLClient(ClientHalf):
     def _apply_gradient(self, client: ClientSlice, dz: torch.Tensor) -> None:
         with pending_batch(client, dz) as (z, _), client.watch.time("bwd"):
             client.optimizer.zero_grad(set_to_none=True)
-            z.backward(dz)
-            client.optimizer.step()
+            # fp16: the server's gradient is scaled like a loss, as its small values would
+            # underflow in the half-precision backward pass; the scaler unscales before the step.
+            z.backward(client.scaler.scale(dz))
+            client.step()
 
 
 def hold_pending(client: ClientSlice, step: int, z: torch.Tensor, y: torch.Tensor) -> None:
@@ -64,10 +66,10 @@ def pending_batch(client: ClientSlice, dz: torch.Tensor) -> Iterator[tuple[torch
     if live is not None and live[0] == pending:
         _, z, y = live
     else:
-        x, y = client.loader.batch(pending)
+        x, y = client.batch(pending)
         running_stats = {name: b.clone() for name, b in client.bottom.named_buffers()}
         client.bottom.train()
-        with client.watch.time("fwd"):
+        with client.watch.time("fwd"), client.placement.autocast():
             z = client.bottom(x)
     if dz.shape != z.shape:
         raise PayloadError(f"gradients.dz: shape {list(dz.shape)}, expected {list(z.shape)}")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from flsplit.wire import Packet
-from strategies.base import ClientHalf, ClientSlice, ServerHalf, SplitStrategy, register
+from strategies.base import FLOAT32_BYTES, ClientHalf, ClientSlice, ServerHalf, SplitStrategy, register
 
 
 class DSLClient(ClientHalf):
@@ -35,7 +35,7 @@ class DSLClient(ClientHalf):
             if self.uploads(client, step):
                 zs.append(z.detach())
                 ys.append(y)
-                nbytes += z.numel() * z.element_size()
+                nbytes += z.numel() * FLOAT32_BYTES
         done = client.counters["step"] >= client.counters["round_end"]
         info = {
             "done": done,
@@ -50,13 +50,12 @@ class DSLClient(ClientHalf):
     def local_step(self, client: ClientSlice, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
         """One optimizer step on the local loss; returns the activations and the loss value."""
         assert client.aux is not None
-        with client.watch.time("fwd"):
+        with client.watch.time("fwd"), client.placement.autocast():
             z = client.bottom(x)
             loss = F.cross_entropy(client.aux(z), y)
         with client.watch.time("bwd"):
             client.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            client.optimizer.step()
+            client.step(loss)
         return z, loss.item()
 
     def uploads(self, client: ClientSlice, step: int) -> bool:

@@ -31,12 +31,11 @@ class FedAvgClient(ClientHalf):
         client.aux.train()
         while (batch := client.next_batch()) is not None:
             _, x, y = batch
-            with client.watch.time("fwd"):
+            with client.watch.time("fwd"), client.placement.autocast():
                 loss = F.cross_entropy(client.aux(client.bottom(x)), y)
             with client.watch.time("bwd"):
                 client.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                client.optimizer.step()
+                client.step(loss)
             loss_sum += loss.item() * len(y)
             samples += len(y)
         return Packet(info={"done": True, "aux_loss_sum": loss_sum, "local_samples": samples})

@@ -31,6 +31,7 @@ from pydantic import Field
 from torch import nn
 
 from flsplit.config import RunConfig
+from flsplit.device import host_optimizer_steps
 from flsplit.memory import unmeasured
 from flsplit.split import build_aux, build_halves
 from flsplit.wire import Packet, TensorSpec, load_weights, weight_specs, weights_of
@@ -55,15 +56,16 @@ class FSLSAGEClient(DSLClient):
 
     def local_step(self, client: ClientSlice, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
         assert client.aux is not None
-        with client.watch.time("fwd"):
+        with client.watch.time("fwd"), client.placement.autocast():
             z = client.bottom(x)
             cut = z.detach().requires_grad_()
             loss = F.cross_entropy(client.aux(cut), y)
-            (estimate,) = torch.autograd.grad(loss, cut)
+            # fp16 on CUDA: the estimate of a scaled loss is scaled, and the scaler unscales the step.
+            (estimate,) = torch.autograd.grad(client.scaler.scale(loss), cut)
         with client.watch.time("bwd"):
             client.optimizer.zero_grad(set_to_none=True)
             z.backward(estimate)
-            client.optimizer.step()
+            client.step()
         return z, loss.item()
 
     def uploads(self, client: ClientSlice, step: int) -> bool:
@@ -187,6 +189,7 @@ class FSLSAGEServer(ServerHalf):
         for client_id, weights in state["estimators"].items():
             self._estimator(client_id).load_state_dict(weights)
             self.align_optimizers[client_id].load_state_dict(state["align_optimizers"][client_id])
+            host_optimizer_steps(self.align_optimizers[client_id])
         self._outbox = dict(state["outbox"])
         for client_id, (z, y) in state["buffers"].items():
             self.buffers[client_id] = AlignmentBuffer(self.config.params.align_buffer, z, y)
@@ -198,7 +201,7 @@ class FSLSAGEServer(ServerHalf):
     def _estimator(self, client_id: int) -> nn.Module:
         """The client's auxiliary model as the server last aligned it (the seeded head at first)."""
         if client_id not in self.estimators:
-            estimator = build_halves(self.config)[2]
+            estimator = build_halves(self.config)[2].to(self.placement.device)
             self.estimators[client_id] = estimator
             self.align_optimizers[client_id] = torch.optim.Adam(estimator.parameters(), lr=self.config.params.align_lr)
         return self.estimators[client_id]

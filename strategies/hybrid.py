@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 from flsplit.config import RunConfig, StrategyParams
 from flsplit.wire import Packet, PayloadError, TensorSpec, gradient_specs
 from strategies.base import (
+    FLOAT32_BYTES,
     ClientHalf,
     ClientSlice,
     ServerHalf,
@@ -48,7 +49,7 @@ class HybridClient(ClientHalf):
             step, x, y = batch
             waits = self._wants_gradient(client, step)
             if waits:
-                with client.watch.time("fwd"):
+                with client.watch.time("fwd"), client.placement.autocast():
                     z = client.bottom(x)
                 hold_pending(client, step, z, y)
             else:
@@ -57,7 +58,7 @@ class HybridClient(ClientHalf):
                 samples += len(y)
             zs.append(z.detach())
             ys.append(y)
-            nbytes += z.numel() * z.element_size()
+            nbytes += z.numel() * FLOAT32_BYTES
         done = not waits and client.counters["step"] >= client.counters["round_end"]
         info = {
             "done": done,
@@ -82,15 +83,14 @@ class HybridClient(ClientHalf):
         assert client.aux is not None
         weight = self.config.params.hybrid_aux_weight
         if not weight:
-            with client.watch.time("fwd"), torch.no_grad():
+            with client.watch.time("fwd"), torch.no_grad(), client.placement.autocast():
                 return client.bottom(x), 0.0
-        with client.watch.time("fwd"):
+        with client.watch.time("fwd"), client.placement.autocast():
             z = client.bottom(x)
             loss = F.cross_entropy(client.aux(z), y)
         with client.watch.time("bwd"):
             client.optimizer.zero_grad(set_to_none=True)
-            (weight * loss).backward()
-            client.optimizer.step()
+            client.step(weight * loss)
         return z, loss.item()
 
     def _apply_gradient(self, client: ClientSlice, dz: torch.Tensor) -> tuple[float, int]:
@@ -102,13 +102,15 @@ class HybridClient(ClientHalf):
         weight, lam = self.config.params.hybrid_aux_weight, self.config.params.hybrid_lambda
         with pending_batch(client, dz) as (z, y), client.watch.time("bwd"):
             client.optimizer.zero_grad(set_to_none=True)
+            scale = client.scaler.scale  # fp16 on CUDA: both terms scaled alike (see csl.py)
             if not weight:
-                z.backward(lam * dz)
-                client.optimizer.step()
+                z.backward(scale(lam * dz))
+                client.step()
                 return 0.0, len(y)
-            loss = F.cross_entropy(client.aux(z), y)
-            torch.autograd.backward([weight * loss, z], [None, lam * dz])
-            client.optimizer.step()
+            with client.placement.autocast():
+                loss = F.cross_entropy(client.aux(z), y)
+            torch.autograd.backward([scale(weight * loss), z], [None, scale(lam * dz)])
+            client.step()
         return loss.item(), len(y)
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from flsplit.aggregation import aggregate_weights, build_aggregator
 from flsplit.config import RunConfig
+from flsplit.device import host_optimizer_steps
 from flsplit.optim import build_optimizer, set_lr
 from flsplit.wire import Packet, load_weights, weights_of
 from strategies.base import ServerHalf, SplitStrategy, register
@@ -75,6 +76,7 @@ class SplitFedV1Server(ServerHalf):
             set_lr(optimizer, self.optimizer.param_groups[0]["lr"])  # this round's scheduled rate
             if client_id in self._saved_optimizers:
                 optimizer.load_state_dict(self._saved_optimizers.pop(client_id))
+                host_optimizer_steps(optimizer)
             self.copies[client_id] = (model, optimizer)
         return self.copies[client_id]
 
