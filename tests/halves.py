@@ -12,6 +12,7 @@ from torch import nn
 
 from flsplit.config import RunConfig
 from flsplit.data import PartitionLoader, load_dataset
+from flsplit.device import Placement
 from flsplit.optim import build_optimizer
 from flsplit.split import activation_shape
 from flsplit.wire import Packet, TensorSpec, decode, encode
@@ -29,16 +30,19 @@ def make_config(**overrides: object) -> RunConfig:
 def make_client(config: RunConfig, strategy: type[SplitStrategy] | str, steps: int = 1, partition: int = 0) -> ClientSlice:
     """A client slice of ``strategy`` over 64 synthetic samples, with one round of ``steps`` batches."""
     strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
-    modules = strategy.client_modules(config)
+    placement = Placement.of(config.device, config.amp)
+    modules = {name: module.to(placement.device) for name, module in strategy.client_modules(config).items()}
     bottom, aux = modules["bottom"], modules.get("aux")
     params = list(bottom.parameters()) + (list(aux.parameters()) if aux is not None else [])
     loader = PartitionLoader(load_dataset("synthetic"), np.arange(64 * partition, 64 * (partition + 1)), config.batch_size, config.seed, partition)
     counters = {"step": 0, "round_start": 0, "round_end": steps, "round": 1}
-    return ClientSlice(bottom, aux, build_optimizer(params, config), loader, counters)
+    return ClientSlice(bottom, aux, build_optimizer(params, config), loader, counters, placement=placement, scaler=placement.scaler())
 
 
 def make_server(config: RunConfig, strategy: type[SplitStrategy] | str, top: nn.Module) -> ServerHalf:
+    """The strategy's server half over ``top``, moved to the config's server device."""
     strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
+    top = top.to(Placement.of(config.server_device_name, config.amp).device)
     return strategy.server(top, build_optimizer(list(top.parameters()), config), config)
 
 
@@ -77,10 +81,11 @@ def drive_round(
     requests, uploads = [], []
     while True:
         request.info["round"] = round_number
-        request = through_wire(request, half.download_specs(shape))
+        request = through_wire(request, half.download_specs(shape)).to(client.placement.device)
         requests.append(request)
         upload = through_wire(half.train(request, client, max_bytes), server.upload_specs(shape))
         server.check_upload(upload)
+        upload = upload.to(server.placement.device)
         uploads.append(upload)
         reply = server.on_upload(client_id, upload) if upload.tensors else None
         if upload.info["done"]:
