@@ -39,7 +39,7 @@ class NoisyDSLClient(DSLClient):
             # process, sends the same noise.
             key = [self.config.seed, client.loader.partition_id, client.counters["step"]]
             generator = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
-            noise = torch.randn(z.shape, generator=generator)
+            noise = torch.randn(z.shape, generator=generator).to(z.device)  # drawn on the CPU: the same on any device
             upload.activations = z + self.config.params.noisy_scale * z.std() * noise
         return upload
 

@@ -131,13 +131,17 @@ def test_fp16_where_auto_resolves_to_the_cpu_fails_at_start_up() -> None:
         Placement.of("auto", "fp16")
 
 
-@pytest.mark.parametrize("strategy", ["dsl", "csl"])
+OWN_KEYS = {"fsl-sage": {"align-epochs": 2, "upload-every": 1}, "hybrid": {"hybrid-k": 2}}
+
+
+@pytest.mark.parametrize("strategy", ["dsl", "csl", "hybrid", "fsl-sage", "splitfed-v1"])
 def test_bf16_autocast_trains_on_cpu_with_float32_activations_on_the_wire(strategy: str) -> None:
     # Prepare
     before = _state(*build_halves(make_config(strategy=strategy))[:2])
+    own = OWN_KEYS.get(strategy, {})
     # Execute
-    client, server, uploads = _train(strategy, amp="bf16", device="cpu")
-    full, full_server, _ = _train(strategy)
+    client, server, uploads = _train(strategy, amp="bf16", device="cpu", **own)
+    full, full_server, _ = _train(strategy, **own)
     # Assert: it trained, finitely, and not as float32 does (autocast was on)
     after = _state(client.bottom, server.top)
     assert all(torch.isfinite(t).all() for t in after)
@@ -268,7 +272,7 @@ def test_checkpoints_written_with_device_cpu_resume_under_another_device_string(
 @pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
 def test_halves_train_on_cuda_and_upload_float32(strategy: str, amp: str) -> None:
     # Execute
-    client, server, uploads = _train(strategy, rounds=2, device="cuda", amp=amp, **({"align-epochs": 2, "upload-every": 1} if strategy == "fsl-sage" else {}))
+    client, server, uploads = _train(strategy, rounds=2, device="cuda", amp=amp, **OWN_KEYS.get(strategy, {}))
     # Assert
     assert {p.device.type for p in [*client.bottom.parameters(), *server.top.parameters()]} == {"cuda"}
     assert all(torch.isfinite(t).all() for t in _state(client.bottom, server.top))
