@@ -176,3 +176,15 @@ def test_out_of_tree_plugin_strategy_runs_end_to_end(superlink: SuperLink, tmp_p
     for r in rounds:
         assert r["failed_clients"] == [] and r["bytes_down"] == 0
         assert 2 * 3 * Z_BATCH <= r["bytes_up_activations"] < 2 * 3 * Z_BATCH + 4 * FRAMING
+
+
+def test_csl_with_bf16_autocast_on_the_cpu_reports_null_cuda_peaks(superlink: SuperLink, tmp_path: Path) -> None:
+    # Execute: the device keys pass flwr run's check of declared keys, and bf16 trains on the CPU
+    rounds = _run(superlink, tmp_path, "csl-bf16", strategy="'csl'", amp="'bf16'", device="'cpu'", **{"memory-probe": 1})
+    # Assert
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(r["failed_clients"] == [] and torch.isfinite(torch.tensor(r["test_loss"])) for r in rounds)
+    assert rounds[0]["client_peak_mb"] > 0 and rounds[0]["server_peak_mb"] > 0
+    assert all(r["client_cuda_peak_mb"] is None and r["server_cuda_peak_mb"] is None for r in rounds)
+    config = json.loads((tmp_path / "csl-bf16" / "config.json").read_text())
+    assert (config["amp"], config["device"], config["server-device"], config["deterministic"]) == ("bf16", "cpu", "", False)
