@@ -312,3 +312,17 @@ def test_the_memory_probe_reads_cuda_peaks_on_cuda() -> None:
         get_strategy("dsl").client(make_config(device="cuda")).train(Packet(), client, 1 << 30)
     # Assert
     assert reading.cuda_peak is not None and reading.cuda_peak > 0
+
+
+@pytest.mark.cuda
+@cuda_only
+@pytest.mark.parametrize("wire_dtype", ["fp32", "fp16", "bf16", "int8"])
+def test_a_payload_encoded_from_cuda_carries_the_same_bytes_as_from_the_cpu(wire_dtype: str) -> None:
+    # Prepare
+    z, y = torch.randn(8, 16, 4, 4), torch.arange(8)
+    # Execute
+    from_cpu = encode(Packet.upload(z, y), wire_dtype)
+    from_cuda = encode(Packet.upload(z.cuda(), y.cuda()), wire_dtype)
+    # Assert
+    for kind in ("activations", "labels"):
+        assert {k: a.numpy().tobytes() for k, a in from_cpu[kind].items()} == {k: a.numpy().tobytes() for k, a in from_cuda[kind].items()}
