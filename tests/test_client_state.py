@@ -81,3 +81,24 @@ def test_cache_keeps_only_the_most_recently_used_slices() -> None:
     assert [node for _, node in client_state._LIVE] == [0, 2]
     assert client_state.load_slice(contexts[1], config, CSL) is not slices[1]
     assert client_state.load_slice(contexts[2], config, CSL) is slices[2]
+
+
+def test_adam_state_of_a_client_survives_the_trip_through_context_state() -> None:
+    # Prepare: a DSL client trained 3 Adam steps, saved to context.state
+    raw = {"dataset": "synthetic", "model": "resnet20", "cut": 2, "batch-size": 16, "optimizer": "adam", "lr": 1e-3}
+    config = parse_run_config(raw)
+    context = _context(raw)
+    client = client_state.load_slice(context, config, DSL)
+    client.counters["round_end"] = 3
+    DSLClient(config).train(Packet(), client, 1 << 30)
+    client_state.save_slice(context, client)
+    # Execute: rebuild from the state alone, as a new process would
+    client_state.drop_cached_slices()
+    rebuilt = client_state.load_slice(context, config, DSL)
+    # Assert: every moment and step count is back
+    assert isinstance(rebuilt.optimizer, torch.optim.Adam)
+    saved = [client.optimizer.state[p] for g in client.optimizer.param_groups for p in g["params"]]
+    loaded = [rebuilt.optimizer.state[p] for g in rebuilt.optimizer.param_groups for p in g["params"]]
+    assert saved and all(set(a) == {"step", "exp_avg", "exp_avg_sq"} for a in saved)
+    for a, b in zip(saved, loaded):
+        assert all(torch.equal(a[name], b[name]) for name in a)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message
 
 from flsplit.aggregation import build_aggregator
 from flsplit.config import ConfigError, parse_run_config
@@ -17,11 +17,9 @@ from flsplit.ledger import Ledger
 from flsplit.models import CutPoint, build_head, cut_shape, next_stage_blocks, resolve_cut
 from flsplit.optim import build_optimizer, round_lr
 from flsplit.split import build_halves
-from flsplit.wire import Packet
 from tests.in_process_grid import InProcessGrid
 from strategies import get_strategy, parse_config
-from strategies.dsl import DSL, DSLClient
-from apps import client_app, client_state, rounds
+from apps import client_app, rounds
 from apps.exchange import Exchange
 
 PRESETS = Path(__file__).resolve().parents[1] / "experiments" / "presets"
@@ -68,27 +66,6 @@ def test_bad_optimizer_schedule_or_serve_order_names_the_key_and_the_choices() -
     assert "optimizer" in text and "'adam'" in text
     assert "lr-schedule" in text and "'cosine'" in text
     assert "serve-order" in text and "'sequential'" in text
-
-
-def test_adam_state_of_a_client_survives_the_trip_through_context_state() -> None:
-    # Prepare: a DSL client trained 3 Adam steps, saved to context.state
-    raw = {"dataset": "synthetic", "model": "resnet20", "cut": 2, "batch-size": 16, "optimizer": "adam", "lr": 1e-3}
-    config = parse_run_config(raw)
-    context = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 1}, state=RecordDict(), run_config=raw)
-    client = client_state.load_slice(context, config, DSL)
-    client.counters["round_end"] = 3
-    DSLClient(config).train(Packet(), client, 1 << 30)
-    client_state.save_slice(context, client)
-    # Execute: rebuild from the state alone, as a new process would
-    client_state.drop_cached_slices()
-    rebuilt = client_state.load_slice(context, config, DSL)
-    # Assert: every moment and step count is back
-    assert isinstance(rebuilt.optimizer, torch.optim.Adam)
-    saved = [client.optimizer.state[p] for g in client.optimizer.param_groups for p in g["params"]]
-    loaded = [rebuilt.optimizer.state[p] for g in rebuilt.optimizer.param_groups for p in g["params"]]
-    assert saved and all(set(a) == {"step", "exp_avg", "exp_avg_sq"} for a in saved)
-    for a, b in zip(saved, loaded):
-        assert all(torch.equal(a[name], b[name]) for name in a)
 
 
 def _serving_order(strategy: str) -> tuple[list[int], float]:
