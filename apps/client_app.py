@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from functools import lru_cache
@@ -19,6 +20,7 @@ from flsplit.optim import set_round_lr
 from flsplit.split import activation_shape
 from flsplit.wire import Packet, decode, encode, load_weights, weight_specs, weights_of
 from strategies import ClientHalf, ClientSlice, get_strategy, parse_config
+from apps import simulation_runtime
 from apps.client_state import (
     RUN,
     client_dataset,
@@ -31,6 +33,7 @@ from apps.client_state import (
     write_checkpoint,
 )
 
+simulation_runtime.wake_pickup_on_push()  # must precede the runtime's extractor (see the module)
 app = ClientApp()
 
 MiB = 1 << 20
@@ -70,6 +73,8 @@ def hello(msg: Message, context: Context) -> Message:
         "num_partitions": num_partitions,
         "num_examples": len(loader),
         "batches_per_round": _quota(config, loader.batches_per_epoch),
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
+        "threads": torch.get_num_threads(),
     }
     return Message(encode(Packet(info=info)), reply_to=msg)
 

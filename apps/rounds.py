@@ -39,6 +39,8 @@ class Client:
     index: int
     partition_id: int
     num_examples: int
+    nice: int  # the ClientApp process's niceness (Ray's workers: 15 unless told otherwise)
+    threads: int  # its torch intra-op threads
 
 
 @dataclass
@@ -164,12 +166,13 @@ def hello(exchange: Exchange, node_ids: list[int], info: dict) -> list[Client]:
         reply = exchange.receive(node_id, [])
         if reply.packet is None:
             raise RuntimeError(f"node {node_id} failed at start-up: {reply.error}")
-        found.append((int(reply.packet.info["partition_id"]), node_id, int(reply.packet.info["num_examples"])))
+        info = reply.packet.info
+        found.append((int(info["partition_id"]), node_id, int(info["num_examples"]), int(info["nice"]), int(info["threads"])))
     found.sort()
-    partitions = [pid for pid, _, _ in found]
+    partitions = [pid for pid, *_ in found]
     if len(set(partitions)) != len(partitions):
         raise RuntimeError(f"node-config: two nodes share a partition-id ({partitions}); give each its own")
-    clients = [Client(node_id, i, pid, n) for i, (pid, node_id, n) in enumerate(found)]
+    clients = [Client(node_id, i, pid, n, nice, threads) for i, (pid, node_id, n, nice, threads) in enumerate(found)]
     exchange.client_index = {c.node_id: c.index for c in clients}
     return clients
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime, timezone
 from logging import INFO, WARNING
@@ -23,7 +24,7 @@ from flsplit.results import ResultsWriter
 from flsplit.split import build_halves
 from flsplit.tracking import open_tracker
 from strategies import ServerHalf, SplitStrategy, get_strategy, parse_config
-from apps import rounds
+from apps import rounds, simulation_runtime
 from apps.exchange import Exchange
 
 app = ServerApp()
@@ -40,6 +41,8 @@ RESUMABLE_CHANGES = {"resume", "num-server-rounds", "message-timeout", "tensorbo
 def main(grid: Grid, context: Context) -> None:
     """Train for ``num-server-rounds`` rounds and write ``config.json`` and ``metrics.jsonl``."""
     config = parse_config(context.run_config, from_flower=True)
+    if simulation_runtime.in_simulation_runtime():
+        simulation_runtime.match_worker_priority()  # before the first computation (see the module)
     strategy = get_strategy(config.strategy)
     server = build_server(config, strategy)
     ledger = Ledger()
@@ -55,7 +58,7 @@ def main(grid: Grid, context: Context) -> None:
         setup = {"clients_dir": str(writer.dir / "clients")} | ({"restore_round": first_round - 1} if restored else {})
         clients = rounds.hello(exchange, node_ids, setup)
         if not restored:
-            writer.write_config(config.as_run_config() | _run_facts(config, len(clients)))
+            writer.write_config(config.as_run_config() | _run_facts(config, clients))
         log(INFO, "flsplit: %s on %d clients, rounds %d..%d; results in %s", config.strategy, len(clients), first_round, config.num_server_rounds, writer.dir)
         driver = rounds.RoundDriver(exchange, server, strategy, clients, config, build_aggregator(config.aggregation))
         tracker = open_tracker(config.tensorboard, writer.dir)  # run tracking (flsplit/tracking.py)
@@ -79,9 +82,17 @@ def build_server(config: RunConfig, strategy: type[SplitStrategy]) -> ServerHalf
     return strategy.server(top, build_optimizer(list(top.parameters()), config), config)
 
 
-def _run_facts(config: RunConfig, num_clients: int) -> dict[str, Any]:
-    """What ``config.json`` records beside the run config: the federation and the versions."""
-    return {"num_clients": num_clients, "cut_blocks": config.cut_blocks, "flwr_version": flwr.__version__, "torch_version": torch.__version__}
+def _run_facts(config: RunConfig, clients: list[rounds.Client]) -> dict[str, Any]:
+    """What ``config.json`` records beside the run config: the federation, processes and versions."""
+    processes = {
+        "server_nice": os.getpriority(os.PRIO_PROCESS, 0),
+        "server_threads": torch.get_num_threads(),
+        "client_nice": [c.nice for c in clients],
+        "client_threads": [c.threads for c in clients],
+        "simulation_pickup": simulation_runtime.pickup_mode(),
+    }
+    versions = {"flwr_version": flwr.__version__, "torch_version": torch.__version__}
+    return {"num_clients": len(clients), "cut_blocks": config.cut_blocks, "processes": processes} | versions
 
 
 def _run_name(config: RunConfig) -> str:

@@ -49,6 +49,9 @@ def test_dsl_trains_two_rounds_and_sends_nothing_down(superlink: SuperLink, tmp_
         assert r["failed_clients"] == []
     config = json.loads((tmp_path / "dsl" / "config.json").read_text())
     assert config["strategy"] == "dsl" and config["num_clients"] == 2
+    # the simulation-runtime fixes reach a plain `flwr run`: equal priority, pickup on push
+    processes = config["processes"]
+    assert processes["client_nice"] == [processes["server_nice"]] * 2 and processes["simulation_pickup"] == "push"
 
 
 def test_csl_gradient_bytes_equal_activation_bytes_up_to_framing(superlink: SuperLink, tmp_path: Path) -> None:

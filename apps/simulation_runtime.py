@@ -1,0 +1,126 @@
+"""Two fixes to Flower's simulation runtime (flwr 1.41) that a per-batch exchange needs.
+
+1. **Pickup on push.** The runtime's extractor thread (``vce_api.add_messages_to_queue``) asks
+   the LinkState for each node's next message, then waits 0.1 s, so every CSL batch waits 50 ms
+   on average (up to 100 ms) before a worker even sees it. ``wake_pickup_on_push`` swaps that
+   loop for one that waits on an event the LinkState sets whenever the ServerApp stores a
+   message; the 0.1 s wait stays as the fallback, so idle costs nothing more.
+2. **Equal priority.** Ray starts its workers (the ClientApps) at nice 15 while the ServerApp
+   computes at nice 0, so whenever the server computes, the clients starve.
+   ``match_worker_priority`` lowers the ServerApp's thread to the workers' niceness; lowering
+   a priority needs no privileges, unlike raising the workers'.
+
+The pickup must be swapped before the runtime starts its extractor. flwr 1.41's ``start_vce``
+loads the ClientApp in its main thread first, so ``apps/client_app.py`` calls
+``wake_pickup_on_push`` on import; it does nothing in any other process (a Ray worker, a
+deployed ClientApp), where the runtime module was never imported. ``FLSPLIT_SIMULATION_PICKUP
+= poll`` keeps Flower's loop. Both refuse other flwr versions or a changed loop, loudly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import threading
+from collections.abc import Mapping
+from queue import Queue
+from types import ModuleType
+from typing import Any
+
+import flwr
+
+SUPPORTED_VERSIONS = ("1.41.",)
+RUNTIME_MODULE = "flwr.server.superlink.fleet.vce.vce_api"
+POLL_SOURCE = "f_stop.wait(0.1)"
+PICKUP_ENV = "FLSPLIT_SIMULATION_PICKUP"
+#: Ray's default ``worker_niceness``; ``RAY_worker_niceness`` overrides it.
+RAY_DEFAULT_WORKER_NICENESS = 15
+FALLBACK_POLL_S = 0.1
+
+
+class FlowerChangedError(RuntimeError):
+    """The installed flwr is not the one these fixes were written against."""
+
+
+def _runtime() -> ModuleType:
+    import flwr.server.superlink.fleet.vce.vce_api as vce_api  # noqa: PLC0415 - checked before use
+
+    return vce_api
+
+
+def check_supported() -> None:
+    """Raise ``FlowerChangedError`` unless flwr has the extractor loop this module replaces."""
+    if not flwr.__version__.startswith(SUPPORTED_VERSIONS):
+        raise FlowerChangedError(f"apps.simulation_runtime supports flwr {SUPPORTED_VERSIONS}, found {flwr.__version__}")
+    runtime = _runtime()
+    loop = inspect.getsource(runtime.add_messages_to_queue)
+    if POLL_SOURCE not in loop or "target=add_messages_to_queue" not in inspect.getsource(runtime.run_api):
+        raise FlowerChangedError(f"flwr's simulation extractor changed: '{POLL_SOURCE}' in add_messages_to_queue, started by run_api, is gone")
+
+
+def add_messages_on_push(state: Any, queue: Queue, nodes_mapping: Mapping[int, int], f_stop: threading.Event) -> None:
+    """Flower's extractor loop, woken by every stored message instead of only every 0.1 s."""
+    pushed = _push_signal(state)
+    while not f_stop.is_set():
+        pushed.clear()  # before the scan: a push during the scan wakes the next wait at once
+        for node_id in nodes_mapping.keys():
+            for message in state.get_message_ins(node_id=node_id, limit=1):
+                queue.put(message)
+        pushed.wait(FALLBACK_POLL_S)
+
+
+def _push_signal(state: Any) -> threading.Event:
+    """An event set after each ``state.store_message_ins`` (the ServerApp's push)."""
+    pushed = threading.Event()
+    store = state.store_message_ins
+
+    def store_and_signal(message: Any) -> Any:
+        stored = store(message)
+        pushed.set()
+        return stored
+
+    state.store_message_ins = store_and_signal
+    return pushed
+
+
+def in_simulation_runtime() -> bool:
+    """Whether this process hosts Flower's simulation runtime (its ServerApp and extractor)."""
+    return RUNTIME_MODULE in sys.modules
+
+
+def wake_pickup_on_push() -> bool:
+    """Install ``add_messages_on_push`` in the simulation runtime, if this process runs one.
+
+    Returns whether it is installed. No-op where the runtime is not loaded or
+    ``FLSPLIT_SIMULATION_PICKUP=poll``.
+    """
+    if not in_simulation_runtime() or os.environ.get(PICKUP_ENV, "push") == "poll":
+        return False
+    check_supported()
+    _runtime().add_messages_to_queue = add_messages_on_push
+    return True
+
+
+def pickup_mode() -> str:
+    """``push`` where this process's simulation runtime uses the fix, else ``poll``."""
+    runtime = sys.modules.get(RUNTIME_MODULE)
+    return "push" if runtime is not None and runtime.add_messages_to_queue is add_messages_on_push else "poll"
+
+
+def worker_niceness() -> int:
+    """The niceness Ray gives its workers (``RAY_worker_niceness``, else Ray's default)."""
+    return int(os.environ.get("RAY_worker_niceness", RAY_DEFAULT_WORKER_NICENESS))
+
+
+def match_worker_priority() -> int:
+    """Lower the calling thread to the Ray workers' niceness (never raise it); return its niceness.
+
+    On Linux a niceness belongs to a thread, and threads inherit it, so calling this before the
+    ServerApp's first computation covers the thread pools torch starts from it.
+    """
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    target = worker_niceness()
+    if target > current:
+        os.setpriority(os.PRIO_PROCESS, 0, target)
+    return os.getpriority(os.PRIO_PROCESS, 0)
