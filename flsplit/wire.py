@@ -9,10 +9,10 @@ have been checked; a bad payload raises ``PayloadError`` naming the problem.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
@@ -178,7 +178,15 @@ def decode(
     return packet
 
 
-def _decode_array(array: Array, spec: TensorSpec) -> torch.Tensor:
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or Inf: one min/max pass (NaN and +-Inf fail the comparisons), no boolean tensor."""
+    if not tensor.numel():
+        return True
+    low, high = torch.aminmax(tensor)
+    return bool(low > -math.inf) and bool(high < math.inf)
+
+
+def _decode_array(array: Array, spec: TensorSpec, check_finite: bool = True) -> torch.Tensor:
     where = f"'{spec.kind}.{spec.name}'"
     expected_dtype = str(torch.empty(0, dtype=spec.dtype).numpy().dtype)
     if array.dtype != expected_dtype:
@@ -193,8 +201,8 @@ def _decode_array(array: Array, spec: TensorSpec) -> torch.Tensor:
             f"{where}: bytes hold {values.dtype}{list(values.shape)}, "
             f"metadata says {array.dtype}{list(array.shape)}"
         )
-    tensor = torch.from_numpy(np.array(values, copy=True))
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+    tensor = torch.from_numpy(values if values.flags.writeable else values.copy())  # np.load's array is fresh
+    if check_finite and tensor.is_floating_point() and not all_finite(tensor):
         raise PayloadError(f"{where}: contains NaN or Inf")
     if spec.num_classes is not None and tensor.numel() and (
         int(tensor.min()) < 0 or int(tensor.max()) >= spec.num_classes
@@ -211,9 +219,10 @@ def _decode_compressed(record: ArrayRecord, spec: TensorSpec, wire_dtype: str) -
     parts = {}
     for suffix, dtype in part_dtypes(wire_dtype).items():
         shape = spec.shape if suffix != SCALE_SUFFIX else (spec.shape[1],)
-        parts[suffix] = _decode_array(record[spec.name + suffix], TensorSpec(spec.kind, spec.name + suffix, dtype, shape))
+        part_spec = TensorSpec(spec.kind, spec.name + suffix, dtype, shape)
+        parts[suffix] = _decode_array(record[spec.name + suffix], part_spec, check_finite=False)
     tensor = decompress(parts, wire_dtype)
-    if not bool(torch.isfinite(tensor).all()):
+    if not all_finite(tensor):  # once, on what the receiver uses (an int8 scale can overflow it)
         raise PayloadError(f"'{spec.kind}.{spec.name}': contains NaN or Inf after decompression")
     return tensor
 

@@ -74,6 +74,8 @@ def _tamper(record: str, key: str, array: Array) -> RecordDict:
         (lambda: _tamper("activations", "z", Array(np.zeros((4, 32, 8, 8), np.float32))), "shape"),
         (lambda: _tamper("activations", "z", Array(np.full((4, 16, 8, 8), np.nan, np.float32))), "NaN or Inf"),
         (lambda: _tamper("activations", "z", Array(np.full((4, 16, 8, 8), np.inf, np.float32))), "NaN or Inf"),
+        (lambda: _tamper("activations", "z", Array(_one_bad(-np.inf))), "NaN or Inf"),
+        (lambda: _tamper("activations", "z", Array(_one_bad(np.nan))), "NaN or Inf"),
         (lambda: _tamper("labels", "y", Array(np.array([0, 1, 2, 10]))), "label values"),
         (lambda: _tamper("labels", "y", Array(np.array([0, 1, 2]))), "batch-size mismatch"),
         (lambda: _truncated(), "cannot decode|bytes hold"),
@@ -83,6 +85,13 @@ def _tamper(record: str, key: str, array: Array) -> RecordDict:
 def test_bad_payload_is_rejected_with_a_named_problem(content_fn, problem: str) -> None:  # noqa: ANN001
     with pytest.raises(PayloadError, match=problem):
         decode(content_fn(), SPECS)
+
+
+def _one_bad(value: float) -> np.ndarray:
+    """Ordinary activations with a single non-finite value among them."""
+    values = np.random.default_rng(0).standard_normal((4, 16, 8, 8)).astype(np.float32)
+    values[2, 5, 3, 1] = value
+    return values
 
 
 def _drop(record: str) -> RecordDict:
