@@ -28,7 +28,7 @@ from flsplit.data import PartitionLoader
 from flsplit.device import Placement, device_of, host_optimizer_steps
 from flsplit.metering import Stopwatch
 from flsplit.split import build_halves
-from flsplit.wire import Packet, PayloadError, TensorSpec, upload_specs
+from flsplit.wire import Packet, PayloadError, TensorSpec, all_finite, upload_specs
 
 #: The chunk bound (``chunk-mb``) counts activations as float32, whatever autocast made them.
 FLOAT32_BYTES = 4
@@ -230,7 +230,7 @@ def unscaled(grad: torch.Tensor, scale: float) -> torch.Tensor:
     if scale == 1.0:
         return grad
     grad = grad / scale
-    return grad if bool(torch.isfinite(grad).all()) else torch.zeros_like(grad)
+    return grad if all_finite(grad) else torch.zeros_like(grad)
 
 
 def batch_sizes(upload: Packet, total: int, max_batch: int) -> list[int]:
