@@ -14,7 +14,9 @@ The pickup must be swapped before the runtime starts its extractor. flwr 1.41's 
 loads the ClientApp in its main thread first, so ``apps/client_app.py`` calls
 ``wake_pickup_on_push`` on import; it does nothing in any other process (a Ray worker, a
 deployed ClientApp), where the runtime module was never imported. ``FLSPLIT_SIMULATION_PICKUP
-= poll`` keeps Flower's loop. Both refuse other flwr versions or a changed loop, loudly.
+= poll`` keeps Flower's loop and ``FLSPLIT_SERVER_PRIORITY = keep`` the ServerApp's niceness
+(the environment of the SuperLink that runs the simulation). The pickup refuses other flwr
+versions or a changed loop, loudly.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ SUPPORTED_VERSIONS = ("1.41.",)
 RUNTIME_MODULE = "flwr.server.superlink.fleet.vce.vce_api"
 POLL_SOURCE = "f_stop.wait(0.1)"
 PICKUP_ENV = "FLSPLIT_SIMULATION_PICKUP"
+PRIORITY_ENV = "FLSPLIT_SERVER_PRIORITY"
 #: Ray's default ``worker_niceness``; ``RAY_worker_niceness`` overrides it.
 RAY_DEFAULT_WORKER_NICENESS = 15
 FALLBACK_POLL_S = 0.1
@@ -116,11 +119,13 @@ def worker_niceness() -> int:
 def match_worker_priority() -> int:
     """Lower the calling thread to the Ray workers' niceness (never raise it); return its niceness.
 
+    ``FLSPLIT_SERVER_PRIORITY=keep`` leaves it as it is.
+
     On Linux a niceness belongs to a thread, and threads inherit it, so calling this before the
     ServerApp's first computation covers the thread pools torch starts from it.
     """
     current = os.getpriority(os.PRIO_PROCESS, 0)
     target = worker_niceness()
-    if target > current:
+    if target > current and os.environ.get(PRIORITY_ENV, "match-workers") != "keep":
         os.setpriority(os.PRIO_PROCESS, 0, target)
     return os.getpriority(os.PRIO_PROCESS, 0)

@@ -142,17 +142,19 @@ class SuperLink(_Process):
         if done.returncode != 0:
             raise RuntimeError(f"register failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
 
-    def launch(self, run_config: str, num_supernodes: int = 2, capture: bool = True) -> subprocess.Popen[str]:
+    def launch(self, run_config: str, num_supernodes: int = 2, capture: bool = True, cpus_per_client: int = 1) -> subprocess.Popen[str]:
         """Start ``flwr run --stream`` on the project and return without waiting."""
         argv = [str(BIN / "flwr"), "run", str(PROJECT), "test", "--stream", "--run-config", run_config]
         if self.simulation:
-            argv += ["--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus=1"]
+            argv += ["--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}"]
         output = subprocess.PIPE if capture else None
         return subprocess.Popen(argv, env=self.env, cwd=self.home, stdout=output, stderr=output, text=True)
 
-    def run(self, run_config: str, num_supernodes: int = 2, timeout_s: float = 600.0, capture: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, run_config: str, num_supernodes: int = 2, timeout_s: float = 600.0, capture: bool = True, cpus_per_client: int = 1
+    ) -> subprocess.CompletedProcess[str]:
         """``flwr run`` the project and return when the run has ended."""
-        process = self.launch(run_config, num_supernodes, capture)
+        process = self.launch(run_config, num_supernodes, capture, cpus_per_client)
         try:
             stdout, stderr = process.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:

@@ -89,3 +89,17 @@ def test_server_thread_drops_to_the_workers_niceness_and_no_other_thread_does(mo
     # Assert
     assert seen == [before + 3, before + 3]
     assert os.getpriority(os.PRIO_PROCESS, 0) == before
+
+
+def test_server_priority_can_be_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    monkeypatch.setenv("RAY_worker_niceness", str(before + 3))
+    monkeypatch.setenv(simulation_runtime.PRIORITY_ENV, "keep")
+    seen: list[int] = []
+    # Execute
+    worker = threading.Thread(target=lambda: seen.append(simulation_runtime.match_worker_priority()))
+    worker.start()
+    worker.join()
+    # Assert
+    assert seen == [before]
