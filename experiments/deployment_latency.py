@@ -13,7 +13,7 @@ every training message's round trip into the parts below from the stamps of the 
 
 Writes ``experiments/results/deployment_latency.{json,md}``::
 
-    python -m experiments.deployment_latency                   # cold and warm, ~10 min on 2 idle cores
+    python -m experiments.deployment_latency                   # cold and warm, ~10-12 min on 2 idle cores
     python -m experiments.deployment_latency --setups warm --csl-batches 20
 """
 
@@ -172,6 +172,7 @@ def main() -> None:
     parser.add_argument("--dsl-batches", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--no-simulation", action="store_true", help="skip the DSL round in simulation")
+    parser.add_argument("--note", default="", help="free text kept in the conditions, e.g. 'quiet machine'")
     args = parser.parse_args()
     setups = [s.strip() for s in args.setups.split(",")]
     unknown = sorted(set(setups) - set(SETUPS))
@@ -193,6 +194,7 @@ def main() -> None:
         if not args.no_simulation:
             rounds.append(_round_row("simulation", "dsl", args.dsl_batches, simulation_run("dsl", args.dsl_batches, args.batch_size, work)))
     conditions = {
+        "note": args.note,
         "host": platform.node(), "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(),
         "poll_env": {k: os.environ.get(k, "launcher default") for k in ("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "FLSPLIT_SUPERNODE_IDLE_S", "FLSPLIT_SUPERNODE_REPLY_POLL_S")},
         "csl": f"resnet20 cut s, synthetic, batch {args.batch_size}, {args.csl_batches} batches per client, 2 SuperNodes on 127.0.0.1",
