@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from flwr.app import ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
+from flsplit import trace
 from flsplit.compression import part_dtypes
 from flsplit.config import RunConfig
 from flsplit.data import eval_indices, test_tensors
@@ -20,7 +21,7 @@ from flsplit.optim import set_round_lr
 from flsplit.split import activation_shape
 from flsplit.wire import Packet, decode, encode, load_weights, weight_specs, weights_of
 from strategies import ClientHalf, ClientSlice, get_strategy, parse_config
-from apps import simulation_runtime
+from apps import IMPORT_STARTED_AT, simulation_runtime
 from apps.client_state import (
     RUN,
     client_dataset,
@@ -35,6 +36,7 @@ from apps.client_state import (
 
 simulation_runtime.wake_pickup_on_push()  # must precede the runtime's extractor (see the module)
 app = ClientApp()
+IMPORTED_AT = time.time()
 
 MiB = 1 << 20
 #: Test images embedded per forward pass while evaluating (bounds the evaluation's memory).
@@ -82,7 +84,7 @@ def hello(msg: Message, context: Context) -> Message:
 @app.train("step")
 def train_step(msg: Message, context: Context) -> Message:
     """One training exchange: apply what came down, train, and upload."""
-    started = time.perf_counter()
+    started, entered_at = time.perf_counter(), time.time()
     config = run_config(context)
     strategy = get_strategy(config.strategy)
     half = strategy.client(config)
@@ -95,6 +97,7 @@ def train_step(msg: Message, context: Context) -> Message:
         client.counters["round_start"] = client.counters["step"]
         client.counters["round_end"] = client.counters["step"] + _quota(config, client.loader.batches_per_epoch)
     set_round_lr(client.optimizer, config, round_number)
+    ready_at = time.time()
     upload = _train_measured(half, request, client, config)
     save_slice(context, client, config.client_cache)
     timings = client.watch.take()
@@ -104,7 +107,13 @@ def train_step(msg: Message, context: Context) -> Message:
         "handler_s": time.perf_counter() - started,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    return Message(encode(upload, config.wire_dtype), reply_to=msg)
+    reply = Message(encode(upload, config.wire_dtype), reply_to=msg)
+    if trace.enabled():
+        trace.record(
+            "clientapp", message_id=msg.metadata.message_id, process_started=trace.process_started_at(),
+            import_started=IMPORT_STARTED_AT, imported=IMPORTED_AT, entered=entered_at, ready=ready_at,
+        )
+    return reply
 
 
 def _train_measured(half: ClientHalf, request: Packet, client: ClientSlice, config: RunConfig) -> Packet:

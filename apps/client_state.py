@@ -206,9 +206,11 @@ def _apply_snapshot(client: ClientSlice, snapshot: dict) -> None:
 
 
 def _restore(context: Context, client: ClientSlice, counters: ConfigRecord) -> None:
+    # Array.numpy() already returns a fresh, writable array, and _apply_snapshot copies it into
+    # the parameters and the optimizer state: one copy each, not two.
     snapshot = {
-        "weights": {k: torch.from_numpy(v.numpy().copy()) for k, v in context.state[WEIGHTS].items()},
-        "optimizer": {k: torch.from_numpy(v.numpy().copy()) for k, v in context.state[OPTIMIZER].items()},
+        "weights": {k: torch.from_numpy(v.numpy()) for k, v in context.state[WEIGHTS].items()},
+        "optimizer": {k: torch.from_numpy(v.numpy()) for k, v in context.state[OPTIMIZER].items()},
         "counters": dict(counters),
         "scaler": dict(context.state.config_records.get(SCALER, {})),
     }

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from flsplit import trace
 from flsplit.ledger import Ledger
 from flsplit.protocol import MessageKind
 from flsplit.wire import Packet, PayloadError, TensorSpec, decode, encode
@@ -99,6 +100,7 @@ class Exchange:
         content = encode(packet, self.wire_dtype)
         self.ledger.count(self.client_index[node_id], "down", content, kind.phase)
         message = Message(content, dst_node_id=node_id, message_type=kind.message_type)
+        pushing_at = time.time()
         try:
             ids = list(self.grid.push_messages([message]))
         except Exception as err:  # noqa: BLE001 - e.g. the node went offline; reported on receive
@@ -111,6 +113,7 @@ class Exchange:
             )
             return
         self._in_flight[ids[0]] = (node_id, time.perf_counter(), kind, self.busy_clock())
+        trace.record("server_push", message_id=ids[0], started=pushing_at)
 
     def receive(self, node_id: int, specs: Sequence[TensorSpec], same_batch: bool = True) -> Reply:
         """Wait for ``node_id``'s reply and validate it against ``specs`` (if it has tensors)."""
@@ -160,6 +163,7 @@ class Exchange:
             return True
         for reply in replies:
             if reply.metadata.reply_to_message_id == message_id:
+                trace.record("server_pull", message_id=message_id)
                 del self._in_flight[message_id]
                 busy = self.busy_clock() - busy_at_send
                 self._arrived[node_id] = (reply, time.perf_counter() - sent_at, kind, busy)

@@ -34,10 +34,10 @@ import torch
 from flwr.app import Message
 from flwr.server.superlink.fleet.vce import vce_api
 
-from apps.simulation_runtime import add_messages_on_push
 from experiments.tables import write_results
 from flsplit.flwr_internals import as_task, serialized_objects, stamp
 from flsplit.wire import Packet, decode, encode, upload_specs
+from apps.simulation_runtime import add_messages_on_push
 
 ACTIVATION = (16, 32, 32)  # resnet20 cut s
 PAYLOADS_MIB = (8, 64)

@@ -163,8 +163,20 @@ class SuperLink(_Process):
         return subprocess.CompletedProcess(process.args, process.returncode, stdout or "", stderr or "")
 
 
+class WarmSuperExec(_Process):
+    """``apps.warm_superexec`` serving the ClientApp tasks of a SuperNode in ``--isolation process``."""
+
+    def __init__(self, home: Path, runtime_port: int, env: dict[str, str]) -> None:
+        argv = [sys.executable, "-m", "apps.warm_superexec", "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--insecure"]
+        self._start(argv, env, home, home / "superexec.log")
+
+
 class SuperNode(_Process):
-    """``flower-supernode`` connected to a deployment-mode ``SuperLink``."""
+    """``flower-supernode`` connected to a deployment-mode ``SuperLink``.
+
+    ``warm`` starts it with ``--isolation process`` beside a ``WarmSuperExec`` (the fork
+    server of ``apps.warm_superexec``); it implies ``fast``.
+    """
 
     def __init__(
         self,
@@ -175,13 +187,16 @@ class SuperNode(_Process):
         env: dict[str, str] | None = None,
         private_key: Path | None = None,
         wait: bool = True,
+        warm: bool = False,
     ) -> None:
         home = superlink.home / name
         home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        launcher = [sys.executable, "-m", "apps.fast_supernode"] if fast else [str(BIN / "flower-supernode")]
+        self.superexec: WarmSuperExec | None = None
+        launcher = [sys.executable, "-m", "apps.fast_supernode"] if fast or warm else [str(BIN / "flower-supernode")]
         argv = [
             *launcher,
+            *(["--isolation", "process"] if warm else []),
             "--superlink", f"127.0.0.1:{superlink.http_port}",
             "--node-config", node_config,
             "--host", "127.0.0.1",
@@ -193,9 +208,24 @@ class SuperNode(_Process):
         else:
             argv += ["--insecure"]
         argv += ["--auth-supernode-private-key", str(private_key)] if private_key else []
-        self._start(argv, superlink.env | {"FLWR_HOME": str(home)} | (env or {}), home, home / "supernode.log")
+        node_env = superlink.env | {"FLWR_HOME": str(home)} | (env or {})
+        self._start(argv, node_env, home, home / "supernode.log")
         if wait:
             _wait_for_port(self.port, self.process, self.log_path)
+        if warm:
+            self.superexec = WarmSuperExec(home, self.port, node_env)
+
+    def kill(self) -> None:
+        """SIGKILL the SuperNode, its SuperExec and every process they started."""
+        if self.superexec is not None:
+            self.superexec.kill()
+        super().kill()
+
+    def stop(self) -> None:
+        """Stop the SuperNode and its SuperExec, and everything they started, by PID."""
+        if self.superexec is not None:
+            self.superexec.stop()
+        super().stop()
 
 
 def _descendants(root: int) -> list[int]:

@@ -10,18 +10,19 @@ def test_installed_flower_still_has_the_loop_the_patch_targets() -> None:
     fast_supernode.check_supported()
 
 
-def test_patch_shortens_the_idle_wait_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_patch_shortens_the_idle_wait_and_reply_poll_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: restore the module afterwards, and record sleeps instead of sleeping
     target = fast_supernode._target()
     monkeypatch.setattr(target, "time", target.time)
     slept: list[float] = []
     monkeypatch.setattr(fast_supernode.time, "sleep", slept.append)
     # Execute
-    fast_supernode.apply(0.02)
+    fast_supernode.apply(0.02, 0.01)
     target.time.sleep(3)
     target.time.sleep(0.5)
+    target.time.sleep(0.7)
     # Assert
-    assert slept == [0.02, 0.5]
+    assert slept == [0.02, 0.01, 0.7]
     assert target.time.monotonic is fast_supernode.time.monotonic
 
 
@@ -32,7 +33,8 @@ def test_patch_refuses_other_flower_versions(monkeypatch: pytest.MonkeyPatch, ve
         fast_supernode.apply(0.02)
 
 
-def test_patch_refuses_a_changed_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fast_supernode, "IDLE_SLEEP_SOURCE", "time.sleep(7)")
+@pytest.mark.parametrize("name", ["IDLE_SLEEP_SOURCE", "REPLY_POLL_SOURCE"])
+def test_patch_refuses_a_changed_loop(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setattr(fast_supernode, name, "time.sleep(7)")
     with pytest.raises(fast_supernode.FlowerChangedError, match="loop changed"):
         fast_supernode.check_supported()
