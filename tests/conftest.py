@@ -100,9 +100,10 @@ def task_identity() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuperLink]:
-    """A simulation-mode SuperLink shared by the tests of one module, stopped by PID afterwards."""
+    """One simulation-mode SuperLink shared by every end-to-end test that can share one (each
+    run has its own run ID and results folder), stopped by PID when the session ends."""
     link = SuperLink(tmp_path_factory.mktemp("flwr-home"))
     try:
         yield link

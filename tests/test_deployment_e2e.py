@@ -76,10 +76,9 @@ def test_strategy_runs_on_real_supernodes(deployment: Deployment, tmp_path: Path
         assert [r["failed_clients"] for r in rounds] == [[], [1]]
 
 
+@pytest.mark.parametrize("deployment", ["insecure"], indirect=True)  # one transport is enough; dsl and csl cover TLS
 def test_fsl_sage_runs_on_real_supernodes_with_its_aligned_model_going_down(deployment: Deployment, tmp_path: Path) -> None:
     # Prepare: one SuperNode process per message, so every piece of client state crosses processes
-    if deployment.link.certificates is not None:
-        pytest.skip("one transport is enough for this strategy; dsl and csl cover TLS")
     # Execute
     rounds = deployment.run(tmp_path, "sage", strategy="'fsl-sage'", **{"num-server-rounds": 2, "upload-every": 1, "align-every": 2, "align-epochs": 1})
     # Assert: the reference's schedule aligns in round 1 (t = 0), not in round 2
@@ -87,14 +86,10 @@ def test_fsl_sage_runs_on_real_supernodes_with_its_aligned_model_going_down(depl
     assert rounds[0]["bytes_down_aux_model"] > 0 == rounds[1]["bytes_down_aux_model"]
 
 
-def test_upload_over_100_mb_arrives_whole(tmp_path: Path) -> None:
-    # Prepare
-    federation = Deployment(tmp_path / "home", tls=False)
-    try:
-        # Execute
-        rounds = federation.run(tmp_path, "bulky", strategy="'tests.plugins.bulky_dsl:BulkyDSL'", **{"chunk-mb": 128})
-    finally:
-        federation.stop()
+@pytest.mark.parametrize("deployment", ["insecure"], indirect=True)  # the shared insecure deployment, as before (no TLS)
+def test_upload_over_100_mb_arrives_whole(deployment: Deployment, tmp_path: Path) -> None:
+    # Execute
+    rounds = deployment.run(tmp_path, "bulky", strategy="'tests.plugins.bulky_dsl:BulkyDSL'", **{"chunk-mb": 128})
     # Assert: each client's single upload carried more than 100 MiB of distinct activations
     assert rounds[0]["failed_clients"] == []
     assert rounds[0]["bytes_up_activations"] > 2 * 100 * 2**20

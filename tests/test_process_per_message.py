@@ -12,20 +12,11 @@ import math
 from pathlib import Path
 
 import pytest
-from flwr.app import Context, Message, RecordDict
 
-from flsplit.results import read_metrics
-from tests.in_process_grid import InProcessGrid
-from apps import client_app, client_state, server_app
+from tests.in_process_grid import run_server_app
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
-HANDLERS = {
-    "query.hello": client_app.hello,
-    "train.step": client_app.train_step,
-    "train.sync": client_app.sync,
-    "evaluate": client_app.evaluate,
-}
 # Everything but wall-clock, memory and control-record readings.
 COMPARED = (
     "test_accuracy", "test_loss", "aux_accuracy", "train_loss", "aux_train_loss", "bytes_up", "bytes_down",
@@ -35,22 +26,12 @@ COMPARED = (
 
 
 def _run(tmp_path: Path, strategy: str, fresh_process: bool) -> list[dict]:
-    name = f"{strategy}-{'fresh' if fresh_process else 'cached'}"
     run_config = {
         "strategy": strategy, "dataset": "synthetic", "model": "resnet20", "num-server-rounds": 2, "max-batches": 3,
         "batch-size": 16, "eval-samples": 32, "chunk-mb": 1.5, "upload-every": 2, "align-every": 1, "align-epochs": 2,
-        "hybrid-k": 2, "hybrid-lambda": 0.5, "results-dir": str(tmp_path), "run-name": name,
+        "hybrid-k": 2, "hybrid-lambda": 0.5, "run-name": f"{strategy}-{'fresh' if fresh_process else 'cached'}",
     }
-
-    def handler(message: Message, context: Context) -> Message:
-        if fresh_process:
-            client_state.drop_cached_slices()
-        return HANDLERS[message.metadata.message_type](message, context)
-
-    client_state.drop_cached_slices()
-    grid = InProcessGrid({101: handler, 102: handler}, run_config)
-    server_app.main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
-    return read_metrics(tmp_path / name / "metrics.jsonl")
+    return run_server_app(run_config, tmp_path, fresh_process=fresh_process)
 
 
 @pytest.mark.slow  # over 5 s

@@ -53,10 +53,10 @@ def test_failed_client_is_recorded_and_rejoins_the_next_round(superlink: SuperLi
     assert rounds[2]["bytes_up_activations"] == rounds[0]["bytes_up_activations"]  # both clients again
 
 
-def test_run_killed_mid_way_and_resumed_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    # Prepare: the reference run, and a run that we kill after its first round
-    with SuperLink(tmp_path / "home-ref") as link:
-        reference = _run(link, tmp_path, "reference", strategy="'dsl'")
+def test_run_killed_mid_way_and_resumed_matches_an_uninterrupted_run(superlink: SuperLink, tmp_path: Path) -> None:
+    # Prepare: the reference run (on the shared SuperLink), and a run on a SuperLink of its own
+    # that we kill after its first round
+    reference = _run(superlink, tmp_path, "reference", strategy="'dsl'")
     link = SuperLink(tmp_path / "home-killed")
     try:
         process = link.launch(_args(tmp_path, "resumed", strategy="'dsl'"))
@@ -71,8 +71,7 @@ def test_run_killed_mid_way_and_resumed_matches_an_uninterrupted_run(tmp_path: P
         process.communicate()
     killed_after = len(read_metrics(metrics))
     assert killed_after < 3
-    # Execute: a new SuperLink, the same run name, resume=true
-    with SuperLink(tmp_path / "home-resume") as link:
-        resumed = _run(link, tmp_path, "resumed", strategy="'dsl'", resume="true")
+    # Execute: another SuperLink (the shared one; the killed one is gone), the same run name, resume=true
+    resumed = _run(superlink, tmp_path, "resumed", strategy="'dsl'", resume="true")
     # Assert
     assert _without_clocks(resumed) == _without_clocks(reference)

@@ -1,4 +1,7 @@
-"""End to end through ``flwr run`` on a real SuperLink in simulation mode (tiny model, synthetic data)."""
+"""End to end through ``flwr run`` on a real SuperLink in simulation mode (tiny model, synthetic data).
+
+What the other strategies put on the wire is pinned in process, through Flower's serialization
+(``tests/test_strategy_traffic.py``); here are the runs that need the real stack."""
 
 from __future__ import annotations
 
@@ -8,20 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from flsplit.config import parse_run_config
 from flsplit.launcher import SuperLink
 from flsplit.results import read_metrics
-from flsplit.wire import Packet, encode, serialized_size, weights_of
-from strategies import get_strategy
+from tests.traffic import FRAMING, REQUIRED, Z_BATCH, weights_bytes
 
 pytestmark = pytest.mark.slow  # starts real Flower processes (SuperLink, SuperNodes, flwr run)
-
-REQUIRED = {
-    "round", "strategy", "test_accuracy", "test_loss", "train_loss", "aux_accuracy", "bytes_up", "bytes_down",
-    "bytes_up_activations", "bytes_up_labels", "bytes_down_gradients", "bytes_model_sync",
-    "client_fwd_s", "client_bwd_s", "server_s", "comm_s",
-}
-
 
 
 def _run(link: SuperLink, results: Path, name: str, **overrides: object) -> list[dict]:
@@ -54,17 +48,6 @@ def test_dsl_trains_two_rounds_and_sends_nothing_down(superlink: SuperLink, tmp_
     assert processes["client_nice"] == [processes["server_nice"]] * 2 and processes["simulation_pickup"] == "push"
 
 
-def test_csl_gradient_bytes_equal_activation_bytes_up_to_framing(superlink: SuperLink, tmp_path: Path) -> None:
-    # Execute
-    rounds = _run(superlink, tmp_path, "csl", strategy="'csl'")
-    # Assert
-    for r in rounds:
-        assert REQUIRED <= set(r) and r["aux_accuracy"] is None
-        assert r["bytes_down_gradients"] > 0
-        assert abs(r["bytes_down_gradients"] - r["bytes_up_activations"]) < 64 * 6  # 6 batches
-        assert r["bytes_down"] == r["bytes_down_gradients"]
-
-
 def test_aggregated_slices_with_dirichlet_partitions(superlink: SuperLink, tmp_path: Path) -> None:
     # Execute
     rounds = _run(superlink, tmp_path, "agg", strategy="'dsl'", partition="'dirichlet'", **{"aggregate-clients": "true", "dirichlet-alpha": 0.5})
@@ -81,87 +64,11 @@ def test_bad_run_config_stops_before_training_naming_every_key(superlink: SuperL
     assert not list(tmp_path.glob("*/metrics.jsonl"))
 
 
-# --- the strategy family: what each one puts on the wire --------------------------------------
-
-Z_BATCH = 16 * 16 * 32 * 32 * 4  # one batch of activations at cut s of resnet20 (16 x 16x32x32 floats)
-FRAMING = 2048  # array and record headers per message, generously
-
-
-def _weights_bytes(strategy: str, modules: tuple[str, ...]) -> int:
-    """Serialized size of one upload of ``modules`` of the strategy's client (a ``weights`` record).
-
-    Random values: Flower ships identical arrays once, and a fresh model has many (BatchNorm's
-    ones and zeros) that training makes distinct.
-    """
-    config = parse_run_config({"dataset": "synthetic", "strategy": strategy})
-    every = get_strategy(strategy).client_modules(config)
-    weights = {k: torch.randn_like(v) for k, v in weights_of({m: every[m] for m in modules}).items()}
-    return serialized_size(encode(Packet({"weights": weights}))["weights"])
-
-
-def test_fsl_sage_sends_no_gradients_and_an_aligned_model_in_alignment_rounds(superlink: SuperLink, tmp_path: Path) -> None:
-    # Execute: uploads at local iterations 0 and 2 of 3; alignment every 2 rounds, from round 1
-    # (the reference's t = 0) on the round's first upload
-    rounds = _run(superlink, tmp_path, "sage", strategy="'fsl-sage'", **{"upload-every": 2, "align-every": 2, "align-epochs": 2, "align-buffer": 24})
-    # Assert
-    slice_bytes, aux_bytes = _weights_bytes("fsl-sage", ("bottom",)), _weights_bytes("fsl-sage", ("aux",))
-    for r in rounds:
-        assert r["failed_clients"] == [] and r["bytes_down_gradients"] == 0
-        assert 2 * 2 * Z_BATCH <= r["bytes_up_activations"] < 2 * 2 * Z_BATCH + 4 * FRAMING
-        assert r["bytes_up_labels"] > 0
-        assert 3 * slice_bytes < r["bytes_model_sync"] <= 4 * slice_bytes  # slices only, no aux head
-    assert 1.5 * aux_bytes < rounds[0]["bytes_down_aux_model"] <= 2 * aux_bytes  # one aligned model per client
-    assert rounds[0]["align_after_cosine"] is not None
-    assert rounds[1]["bytes_down_aux_model"] == 0 and rounds[1]["align_after_cosine"] is None
-
-
-def test_cse_fsl_sends_every_second_batch_up_and_nothing_but_averages_down(superlink: SuperLink, tmp_path: Path) -> None:
-    # Execute
-    rounds = _run(superlink, tmp_path, "cse", strategy="'cse-fsl'", **{"upload-every": 2})
-    # Assert
-    both = _weights_bytes("cse-fsl", ("bottom", "aux"))
-    for r in rounds:
-        assert r["bytes_down_gradients"] == 0 and r["bytes_down_aux_model"] == 0
-        assert 2 * 2 * Z_BATCH <= r["bytes_up_activations"] < 2 * 2 * Z_BATCH + 4 * FRAMING
-        assert 3 * both < r["bytes_model_sync"] <= 4 * both  # slices and heads, up and down
-        assert r["bytes_down"] == r["bytes_model_sync"] - (r["bytes_up"] - r["bytes_up_activations"] - r["bytes_up_labels"])
-
-
-def test_splitfed_v1_sends_every_gradient_and_averages_slices(superlink: SuperLink, tmp_path: Path) -> None:
-    # Execute
-    rounds = _run(superlink, tmp_path, "sfv1", strategy="'splitfed-v1'")
-    # Assert
-    for r in rounds:
-        assert r["failed_clients"] == [] and r["aux_accuracy"] is None
-        assert abs(r["bytes_down_gradients"] - r["bytes_up_activations"]) < 64 * 6
-        assert r["bytes_model_sync"] > 0
-
-
-def test_splitfed_v2_with_flower_fedmedian_aggregation(superlink: SuperLink, tmp_path: Path) -> None:
-    # Execute
-    rounds = _run(superlink, tmp_path, "sfv2", strategy="'splitfed-v2'", aggregation="'FedMedian'")
-    # Assert
-    config = json.loads((tmp_path / "sfv2" / "config.json").read_text())
-    assert config["aggregation"] == "FedMedian" and config["aggregate-clients"] is False
-    for r in rounds:
-        assert r["failed_clients"] == [] and r["bytes_down_gradients"] > 0 and r["bytes_model_sync"] > 0
-
-
-def test_hybrid_gets_a_gradient_for_every_kth_batch(superlink: SuperLink, tmp_path: Path) -> None:
-    # Execute: k = 3 over 3 batches: one gradient per client and round
-    rounds = _run(superlink, tmp_path, "hybrid", strategy="'hybrid'", **{"hybrid-k": 3, "hybrid-lambda": 0.5})
-    # Assert
-    for r in rounds:
-        assert r["failed_clients"] == [] and r["bytes_model_sync"] == 0
-        assert 2 * 3 * Z_BATCH <= r["bytes_up_activations"] < 2 * 3 * Z_BATCH + 4 * FRAMING
-        assert 2 * Z_BATCH <= r["bytes_down_gradients"] < 2 * Z_BATCH + 2 * FRAMING
-
-
 def test_fedavg_sends_whole_models_and_no_activations(superlink: SuperLink, tmp_path: Path) -> None:
     # Execute
     rounds = _run(superlink, tmp_path, "fedavg", strategy="'fedavg'")
     # Assert: the whole network (slice + upper part) goes up from each client and comes back down
-    whole = _weights_bytes("fedavg", ("bottom", "aux"))
+    whole = weights_bytes("fedavg", ("bottom", "aux"))
     for r in rounds:
         assert r["failed_clients"] == [] and r["train_messages"] == 2  # one message per client
         assert r["bytes_up_activations"] == r["bytes_up_labels"] == r["bytes_down_gradients"] == 0
