@@ -26,7 +26,7 @@ def _kebab(name: str) -> str:
 
 
 class RunConfig(BaseModel):
-    """Validated run configuration (see the settings table in the README)."""
+    """Validated run configuration (see the settings table in docs/settings.md)."""
 
     model_config = ConfigDict(
         alias_generator=_kebab, extra="forbid", frozen=True, protected_namespaces=()
