@@ -42,7 +42,7 @@ def main(grid: Grid, context: Context) -> None:
     """Train for ``num-server-rounds`` rounds and write ``config.json`` and ``metrics.jsonl``."""
     config = parse_config(context.run_config, from_flower=True)
     if simulation_runtime.in_simulation_runtime():
-        simulation_runtime.match_worker_priority()  # before the first computation (see the module)
+        simulation_runtime.match_worker_priority()  # opt-in; before the first computation (see the module)
     strategy = get_strategy(config.strategy)
     server = build_server(config, strategy)
     ledger = Ledger()

@@ -1,22 +1,26 @@
-"""Two fixes to Flower's simulation runtime (flwr 1.41) that a per-batch exchange needs.
+"""Two changes to Flower's simulation runtime (flwr 1.41): one on by default, one opt-in.
 
-1. **Pickup on push.** The runtime's extractor thread (``vce_api.add_messages_to_queue``) asks
-   the LinkState for each node's next message, then waits 0.1 s, so every CSL batch waits 50 ms
-   on average (up to 100 ms) before a worker even sees it. ``wake_pickup_on_push`` swaps that
-   loop for one that waits on an event the LinkState sets whenever the ServerApp stores a
-   message; the 0.1 s wait stays as the fallback, so idle costs nothing more.
-2. **Equal priority.** Ray starts its workers (the ClientApps) at nice 15 while the ServerApp
-   computes at nice 0, so whenever the server computes, the clients starve.
-   ``match_worker_priority`` lowers the ServerApp's thread to the workers' niceness; lowering
-   a priority needs no privileges, unlike raising the workers'.
+1. **Pickup on push (default).** The runtime's extractor thread
+   (``vce_api.add_messages_to_queue``) asks the LinkState for each node's next message, then
+   waits 0.1 s, so a message waited 57 ms (median) before a worker saw it
+   (``experiments/message_breakdown.py``). ``wake_pickup_on_push`` swaps that loop for one that
+   waits on an event the LinkState sets whenever the ServerApp stores a message (0.17 ms); the
+   0.1 s wait stays as the fallback, so idle costs nothing more. On 2 CPU cores the round time
+   did not change measurably (the wait overlaps other clients' compute); it is for accelerators,
+   where a batch takes milliseconds.
+2. **Equal priority (opt-in).** Ray starts its workers (the ClientApps) at nice 15 while the
+   ServerApp computes at nice 0. ``match_worker_priority`` lowers the ServerApp's thread to the
+   workers' niceness. Measured on 2 cores it made rounds slower (DSL 1.20x -> 1.53x the plain
+   loop, CSL 1.57x -> 1.74x, ``experiments/results/bench.md``): the server, which serves every
+   client, is the critical path, so Flower's priorities stay unless
+   ``FLSPLIT_SERVER_PRIORITY = match-workers``.
 
 The pickup must be swapped before the runtime starts its extractor. flwr 1.41's ``start_vce``
 loads the ClientApp in its main thread first, so ``apps/client_app.py`` calls
 ``wake_pickup_on_push`` on import; it does nothing in any other process (a Ray worker, a
 deployed ClientApp), where the runtime module was never imported. ``FLSPLIT_SIMULATION_PICKUP
-= poll`` keeps Flower's loop and ``FLSPLIT_SERVER_PRIORITY = keep`` the ServerApp's niceness
-(the environment of the SuperLink that runs the simulation). The pickup refuses other flwr
-versions or a changed loop, loudly.
+= poll`` keeps Flower's loop (both variables are read in the environment of the SuperLink that
+runs the simulation). The pickup refuses other flwr versions or a changed loop, loudly.
 """
 
 from __future__ import annotations
@@ -117,15 +121,14 @@ def worker_niceness() -> int:
 
 
 def match_worker_priority() -> int:
-    """Lower the calling thread to the Ray workers' niceness (never raise it); return its niceness.
-
-    ``FLSPLIT_SERVER_PRIORITY=keep`` leaves it as it is.
+    """With ``FLSPLIT_SERVER_PRIORITY=match-workers``, lower the calling thread to the Ray
+    workers' niceness (never raise it); return the thread's niceness.
 
     On Linux a niceness belongs to a thread, and threads inherit it, so calling this before the
     ServerApp's first computation covers the thread pools torch starts from it.
     """
     current = os.getpriority(os.PRIO_PROCESS, 0)
     target = worker_niceness()
-    if target > current and os.environ.get(PRIORITY_ENV, "match-workers") != "keep":
+    if target > current and os.environ.get(PRIORITY_ENV, "keep") == "match-workers":
         os.setpriority(os.PRIO_PROCESS, 0, target)
     return os.getpriority(os.PRIO_PROCESS, 0)

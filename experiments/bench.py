@@ -8,7 +8,7 @@ number of batches per client), it measures:
   same precision (``amp``);
 - (b) the same training through ``flwr run`` in the simulation engine, for DSL and CSL, in each
   of the ``VARIANTS``: Flower 1.41 as it ships, each of ``apps.simulation_runtime``'s fixes
-  added in turn (the default), bf16 autocast, two CPUs per client, smaller and larger DSL chunks;
+  added in turn, bf16 autocast, two CPUs per client, smaller and larger DSL chunks;
 
 and reports b/a per row, CSL's per-batch round trip, wire bytes against raw tensor bytes, peak
 RSS per process, and where the time above the reference goes, in seconds per epoch (the
@@ -45,8 +45,8 @@ from flsplit.split import build_halves
 CLIENTS = 2
 #: Batches of 128 one client trains on in a CIFAR-10 epoch split over ``CLIENTS`` (for per-epoch figures).
 EPOCH_BATCHES_PER_CLIENT = 50_000 // CLIENTS / 128
-FLOWER_AS_SHIPPED = {"FLSPLIT_SIMULATION_PICKUP": "poll", "FLSPLIT_SERVER_PRIORITY": "keep"}
-PICKUP_ONLY = {"FLSPLIT_SERVER_PRIORITY": "keep"}
+FLOWER_AS_SHIPPED = {"FLSPLIT_SIMULATION_PICKUP": "poll"}
+EQUAL_PRIORITY = {"FLSPLIT_SERVER_PRIORITY": "match-workers"}
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,8 @@ class Variant:
 
 VARIANTS = [
     *(Variant("flower 1.41 as shipped (poll 0.1 s, server nice 0)", s, FLOWER_AS_SHIPPED) for s in ("dsl", "csl")),
-    *(Variant("+ pickup on push", s, PICKUP_ONLY) for s in ("dsl", "csl")),
-    *(Variant("+ equal priority (flsplit default)", s) for s in ("dsl", "csl")),
+    *(Variant("+ pickup on push (flsplit default)", s) for s in ("dsl", "csl")),
+    *(Variant("+ equal priority (opt-in)", s, EQUAL_PRIORITY) for s in ("dsl", "csl")),
     *(Variant("default, amp bf16", s, keys={"amp": "bf16"}) for s in ("dsl", "csl")),
     Variant("default, 2 CPUs per client", "csl", cpus_per_client=2),
     Variant("default, chunk-mb 16", "dsl", keys={"chunk-mb": 16}),

@@ -43,9 +43,10 @@ def test_dsl_trains_two_rounds_and_sends_nothing_down(superlink: SuperLink, tmp_
         assert r["failed_clients"] == []
     config = json.loads((tmp_path / "dsl" / "config.json").read_text())
     assert config["strategy"] == "dsl" and config["num_clients"] == 2
-    # the simulation-runtime fixes reach a plain `flwr run`: equal priority, pickup on push
+    # a plain `flwr run` gets the pickup on push; priorities stay Flower's (workers at Ray's 15)
     processes = config["processes"]
-    assert processes["client_nice"] == [processes["server_nice"]] * 2 and processes["simulation_pickup"] == "push"
+    assert processes["simulation_pickup"] == "push"
+    assert processes["client_nice"] == [min(processes["server_nice"] + 15, 19)] * 2 and processes["client_threads"] == [1, 1]
 
 
 def test_aggregated_slices_with_dirichlet_partitions(superlink: SuperLink, tmp_path: Path) -> None:

@@ -77,10 +77,11 @@ def test_fix_installs_only_where_the_runtime_runs_and_can_be_opted_out(monkeypat
     assert simulation_runtime.wake_pickup_on_push() is False
 
 
-def test_server_thread_drops_to_the_workers_niceness_and_no_other_thread_does(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_opted_in_server_thread_drops_to_the_workers_niceness_and_no_other_thread_does(monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare
     before = os.getpriority(os.PRIO_PROCESS, 0)
     monkeypatch.setenv("RAY_worker_niceness", str(before + 3))
+    monkeypatch.setenv(simulation_runtime.PRIORITY_ENV, "match-workers")
     seen: list[int] = []
     # Execute: in a thread of its own (on Linux a niceness is per thread)
     worker = threading.Thread(target=lambda: seen.extend([simulation_runtime.match_worker_priority(), os.getpriority(os.PRIO_PROCESS, 0)]))
@@ -91,11 +92,11 @@ def test_server_thread_drops_to_the_workers_niceness_and_no_other_thread_does(mo
     assert os.getpriority(os.PRIO_PROCESS, 0) == before
 
 
-def test_server_priority_can_be_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_server_priority_stays_flowers_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare
     before = os.getpriority(os.PRIO_PROCESS, 0)
     monkeypatch.setenv("RAY_worker_niceness", str(before + 3))
-    monkeypatch.setenv(simulation_runtime.PRIORITY_ENV, "keep")
+    monkeypatch.delenv(simulation_runtime.PRIORITY_ENV, raising=False)
     seen: list[int] = []
     # Execute
     worker = threading.Thread(target=lambda: seen.append(simulation_runtime.match_worker_priority()))
