@@ -20,15 +20,21 @@ def _context(run_config: dict) -> Context:
     )
 
 
-def test_rebuilt_slice_equals_the_saved_one_weights_momentum_and_counters() -> None:
-    # Prepare
-    raw = {"dataset": "synthetic", "model": "resnet20", "cut": 2, "batch-size": 16}
+def _trained_and_saved(raw: dict):  # noqa: ANN202 - (ClientSlice, Context, RunConfig)
+    """A DSL client trained 3 steps and saved to its context.state."""
     config = parse_run_config(raw)
     context = _context(raw)
     client = client_state.load_slice(context, config, DSL)
     client.counters["round_end"] = 3
     DSLClient(config).train(Packet(), client, 1 << 30)
     client_state.save_slice(context, client)
+    return client, context, config
+
+
+def test_rebuilt_slice_equals_the_saved_one_weights_momentum_and_counters() -> None:
+    # Prepare
+    raw = {"dataset": "synthetic", "model": "resnet20", "cut": 2, "batch-size": 16}
+    client, context, config = _trained_and_saved(raw)
     # Execute: drop the process cache, as when the next message runs elsewhere
     client_state.drop_cached_slices()
     rebuilt = client_state.load_slice(context, config, DSL)
@@ -86,12 +92,7 @@ def test_cache_keeps_only_the_most_recently_used_slices() -> None:
 def test_adam_state_of_a_client_survives_the_trip_through_context_state() -> None:
     # Prepare: a DSL client trained 3 Adam steps, saved to context.state
     raw = {"dataset": "synthetic", "model": "resnet20", "cut": 2, "batch-size": 16, "optimizer": "adam", "lr": 1e-3}
-    config = parse_run_config(raw)
-    context = _context(raw)
-    client = client_state.load_slice(context, config, DSL)
-    client.counters["round_end"] = 3
-    DSLClient(config).train(Packet(), client, 1 << 30)
-    client_state.save_slice(context, client)
+    client, context, config = _trained_and_saved(raw)
     # Execute: rebuild from the state alone, as a new process would
     client_state.drop_cached_slices()
     rebuilt = client_state.load_slice(context, config, DSL)
