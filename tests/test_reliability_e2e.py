@@ -18,7 +18,6 @@ TINY = {
 }
 
 
-
 def _args(results: Path, name: str, **overrides: object) -> str:
     config = TINY | {"results-dir": f"'{results}'", "run-name": f"'{name}'"} | overrides
     return " ".join(f"{k}={v}" for k, v in config.items())
@@ -35,13 +34,18 @@ def _without_clocks(rounds: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.endswith(("_s", "_mb"))} for r in rounds]
 
 
-def test_same_seed_gives_identical_metrics(superlink: SuperLink, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def csl_reference(superlink: SuperLink, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """One uninterrupted CSL run, the reference of both the same-seed and the resume test."""
+    return _run(superlink, tmp_path_factory.mktemp("reference"), "reference", strategy="'csl'")
+
+
+def test_same_seed_gives_identical_metrics(superlink: SuperLink, csl_reference: list[dict], tmp_path: Path) -> None:
     # Execute: CSL exercises the per-batch graph cache and its replay fallback
-    first = _run(superlink, tmp_path, "a", strategy="'csl'")
     second = _run(superlink, tmp_path, "b", strategy="'csl'")
     # Assert
-    assert len(first) == 3
-    assert _without_clocks(first) == _without_clocks(second)
+    assert len(csl_reference) == 3
+    assert _without_clocks(csl_reference) == _without_clocks(second)
 
 
 def test_failed_client_is_recorded_and_rejoins_the_next_round(superlink: SuperLink, tmp_path: Path) -> None:
@@ -53,13 +57,13 @@ def test_failed_client_is_recorded_and_rejoins_the_next_round(superlink: SuperLi
     assert rounds[2]["bytes_up_activations"] == rounds[0]["bytes_up_activations"]  # both clients again
 
 
-def test_run_killed_mid_way_and_resumed_matches_an_uninterrupted_run(superlink: SuperLink, tmp_path: Path) -> None:
-    # Prepare: the reference run (on the shared SuperLink), and a run on a SuperLink of its own
-    # that we kill after its first round
-    reference = _run(superlink, tmp_path, "reference", strategy="'dsl'")
+def test_run_killed_mid_way_and_resumed_matches_an_uninterrupted_run(
+    superlink: SuperLink, csl_reference: list[dict], tmp_path: Path
+) -> None:
+    # Prepare: a run on a SuperLink of its own that we kill after its first round
     link = SuperLink(tmp_path / "home-killed")
     try:
-        process = link.launch(_args(tmp_path, "resumed", strategy="'dsl'"))
+        process = link.launch(_args(tmp_path, "resumed", strategy="'csl'"))
         metrics = tmp_path / "resumed" / "metrics.jsonl"
         deadline = time.monotonic() + 300
         while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
@@ -72,6 +76,6 @@ def test_run_killed_mid_way_and_resumed_matches_an_uninterrupted_run(superlink: 
     killed_after = len(read_metrics(metrics))
     assert killed_after < 3
     # Execute: another SuperLink (the shared one; the killed one is gone), the same run name, resume=true
-    resumed = _run(superlink, tmp_path, "resumed", strategy="'dsl'", resume="true")
+    resumed = _run(superlink, tmp_path, "resumed", strategy="'csl'", resume="true")
     # Assert
-    assert _without_clocks(resumed) == _without_clocks(reference)
+    assert _without_clocks(resumed) == _without_clocks(csl_reference)

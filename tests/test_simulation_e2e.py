@@ -30,25 +30,6 @@ def _run(link: SuperLink, results: Path, name: str, **overrides: object) -> list
     return read_metrics(path)
 
 
-def test_dsl_trains_two_rounds_and_sends_nothing_down(superlink: SuperLink, tmp_path: Path) -> None:
-    # Execute
-    rounds = _run(superlink, tmp_path, "dsl", strategy="'dsl'")
-    # Assert
-    assert [r["round"] for r in rounds] == [1, 2]
-    for r in rounds:
-        assert REQUIRED <= set(r)
-        assert r["bytes_down"] == 0 and r["bytes_down_gradients"] == 0 and r["bytes_model_sync"] == 0
-        assert r["bytes_up_activations"] > 2 * 3 * 16 * 16 * 32 * 32 * 4  # 2 clients x 3 batches of z
-        assert r["bytes_up_labels"] > 0 and 0.0 <= r["aux_accuracy"] <= 1.0
-        assert r["failed_clients"] == []
-    config = json.loads((tmp_path / "dsl" / "config.json").read_text())
-    assert config["strategy"] == "dsl" and config["num_clients"] == 2
-    # a plain `flwr run` gets the pickup on push; priorities stay Flower's (workers at Ray's 15)
-    processes = config["processes"]
-    assert processes["simulation_pickup"] == "push"
-    assert processes["client_nice"] == [min(processes["server_nice"] + 15, 19)] * 2 and processes["client_threads"] == [1, 1]
-
-
 def test_aggregated_slices_with_dirichlet_partitions(superlink: SuperLink, tmp_path: Path) -> None:
     # Execute
     rounds = _run(superlink, tmp_path, "agg", strategy="'dsl'", partition="'dirichlet'", **{"aggregate-clients": "true", "dirichlet-alpha": 0.5})
@@ -78,15 +59,24 @@ def test_fedavg_sends_whole_models_and_no_activations(superlink: SuperLink, tmp_
         assert abs(r["test_accuracy"] - r["aux_accuracy"]) <= 1 / 48  # the same averaged network
 
 
-def test_out_of_tree_plugin_strategy_runs_end_to_end(superlink: SuperLink, tmp_path: Path) -> None:
-    # Execute
+def test_out_of_tree_plugin_dsl_trains_two_rounds_and_sends_nothing_down(superlink: SuperLink, tmp_path: Path) -> None:
+    # Execute: a DSL subclass from outside the package (examples/), with a key of its own
     rounds = _run(superlink, tmp_path, "noisy", strategy="'examples.noisy_activations:NoisyDSL'", **{"noisy-scale": 0.2})
+    # Assert: DSL's ledger
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        assert REQUIRED <= set(r)
+        assert r["bytes_down"] == 0 and r["bytes_down_gradients"] == 0 and r["bytes_model_sync"] == 0
+        assert 2 * 3 * Z_BATCH <= r["bytes_up_activations"] < 2 * 3 * Z_BATCH + 4 * FRAMING  # 2 clients x 3 batches of z
+        assert r["bytes_up_labels"] > 0 and 0.0 <= r["aux_accuracy"] <= 1.0
+        assert r["failed_clients"] == []
     config = json.loads((tmp_path / "noisy" / "config.json").read_text())
     assert config["noisy-scale"] == 0.2  # the plug-in's own key reached the run
-    # Assert: DSL's ledger
-    for r in rounds:
-        assert r["failed_clients"] == [] and r["bytes_down"] == 0
-        assert 2 * 3 * Z_BATCH <= r["bytes_up_activations"] < 2 * 3 * Z_BATCH + 4 * FRAMING
+    assert config["strategy"] == "examples.noisy_activations:NoisyDSL" and config["num_clients"] == 2
+    # a plain `flwr run` gets the pickup on push; priorities stay Flower's (workers at Ray's 15)
+    processes = config["processes"]
+    assert processes["simulation_pickup"] == "push"
+    assert processes["client_nice"] == [min(processes["server_nice"] + 15, 19)] * 2 and processes["client_threads"] == [1, 1]
 
 
 def test_csl_with_bf16_autocast_on_the_cpu_reports_null_cuda_peaks(superlink: SuperLink, tmp_path: Path) -> None:
