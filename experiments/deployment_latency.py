@@ -9,6 +9,8 @@ every training message's round trip into the parts below from the stamps of the 
 
 - ``cold``: ``apps.fast_supernode`` (short polls), a new ClientApp process per message;
 - ``warm``: the same SuperNode in ``--isolation process`` beside ``apps.warm_superexec``;
+- ``warm-sqlite``: the warm setup with the SuperLink's state in SQLite on disk (``--database``,
+  as ``flwr run``'s local SuperLink keeps it) instead of in memory (Flower's default);
 - ``default``: the cold setup with Flower's own waits (3 s idle, 0.5 s reply poll, 1 s task poll).
 
 Writes ``experiments/results/deployment_latency.{json,md}``::
@@ -48,11 +50,12 @@ PARTS = (
 )
 IMPORTS, RUNTIME = PARTS[4][0], PARTS[3][0]
 _LOG = re.compile(r"^(\d+\.\d+) \w+ (Receiving: [\w.]+ message \(ID: (\w+)\)|Runtime\.PullTaskInput|Sending: |Sent successfully)")
-#: setup -> (SuperNode options, SuperNode environment)
-SETUPS: dict[str, tuple[dict[str, bool], dict[str, str]]] = {
-    "cold": ({"fast": True}, {}),
-    "warm": ({"warm": True}, {}),
-    "default": ({"fast": True}, {"FLSPLIT_SUPERNODE_IDLE_S": "3", "FLSPLIT_SUPERNODE_REPLY_POLL_S": "0.5", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1"}),
+#: setup -> (SuperNode options, SuperNode environment, SuperLink state in SQLite on disk)
+SETUPS: dict[str, tuple[dict[str, bool], dict[str, str], bool]] = {
+    "cold": ({"fast": True}, {}, False),
+    "warm": ({"warm": True}, {}, False),
+    "warm-sqlite": ({"warm": True}, {}, True),
+    "default": ({"fast": True}, {"FLSPLIT_SUPERNODE_IDLE_S": "3", "FLSPLIT_SUPERNODE_REPLY_POLL_S": "0.5", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1"}, False),
 }
 
 
@@ -129,14 +132,15 @@ def deployment_run(setup: str, strategy: str, batches: int, batch_size: int, wor
     home = work / name
     server_dir = home / "trace-server"
     server_dir.mkdir(parents=True)
-    with SuperLink(home, simulation=False, env={trace.TRACE_ENV: str(server_dir)}) as link:
+    options, node_env, on_disk = SETUPS[setup]
+    database = home / "state.db" if on_disk else None
+    with SuperLink(home, simulation=False, env={trace.TRACE_ENV: str(server_dir)}, database=database) as link:
         nodes = []
         try:
             for i in range(2):
                 node_dir = home / f"trace-node{i}"
                 node_dir.mkdir()
-                options, env = SETUPS[setup]
-                env = env | {trace.TRACE_ENV: str(node_dir)}
+                env = node_env | {trace.TRACE_ENV: str(node_dir)}
                 nodes.append(SuperNode(link, f"node{i}", f"partition-id={i} num-partitions=2", env=env, **options))
             done = link.run(_config(strategy, batches, batch_size, work, name), timeout_s=3600)
         finally:

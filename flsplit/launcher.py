@@ -93,7 +93,12 @@ class _Process:
 
 
 class SuperLink(_Process):
-    """``flower-superlink`` with its own ``FLWR_HOME``, ports and (optionally) TLS."""
+    """``flower-superlink`` with its own ``FLWR_HOME``, ports and (optionally) TLS.
+
+    ``database`` None keeps the SuperLink's state in memory (Flower's own default); a path
+    keeps it in SQLite on disk, through which every message payload then passes (measured in
+    ``experiments/results/deployment_latency.md``).
+    """
 
     def __init__(
         self,
@@ -102,6 +107,7 @@ class SuperLink(_Process):
         certificates: Certificates | None = None,
         env: dict[str, str] | None = None,
         node_auth: bool = False,
+        database: Path | None = None,
     ) -> None:
         self.home, self.simulation, self.certificates = home, simulation, certificates
         self.http_port = free_port()  # Control, Fleet and Runtime APIs all share it (flwr >= 1.40)
@@ -122,8 +128,8 @@ class SuperLink(_Process):
             "--host", "127.0.0.1",
             "--port", str(self.http_port),
             "--health-server-address", f"127.0.0.1:{free_port()}",
-            "--database", str(home / "state.db"),
         ]
+        argv += ["--database", str(database)] if database else []
         argv += ["--simulation"] if simulation else []
         if certificates:
             argv += ["--ssl-certfile", str(certificates.server_cert), "--ssl-keyfile", str(certificates.server_key), "--ssl-ca-certfile", str(certificates.ca_cert)]
