@@ -4,11 +4,16 @@ The table an edge user picks a strategy from: for each strategy, one round of on
 over all 50,000 training images (2 clients, IID halves, resnet20 cut ``s``, batch 128, SGD
 0.05), then the whole 10,000-image test split, run (1) in the simulation engine with 2 virtual
 SuperNodes of 1 CPU each and (2) on a SuperLink with two real SuperNodes on 127.0.0.1 whose
-ClientApp tasks fork from the warm SuperExec (``apps.warm_superexec``). Same seed, same
-config, one after the other, nothing else running. Writes
-``experiments/results/deployment_epoch.{json,md}``::
+ClientApp tasks fork from the warm SuperExec (``apps.warm_superexec``). By default each real
+SuperNode gets one torch thread (``warm-1thread``), as each virtual one gets 1 CPU: with torch's
+default (2 threads each, ``warm``) two SuperNodes and the ServerApp oversubscribe the 2 cores.
+``warm-1thread-nice15`` also runs the SuperNodes at nice 15 under the ServerApp, as Ray runs
+the simulation's clients.
+Same seed, same config, one after the other, nothing else running. Writes
+``experiments/results/deployment_epoch.{json,md}`` (``--name`` renames)::
 
     python -m experiments.deployment_epoch --data-dir <folder holding cifar10-jpeg.tar.gz>   # ~30 min, 2 idle cores
+    python -m experiments.deployment_epoch --data-dir <dir> --engines simulation,warm,warm-1thread
 """
 
 from __future__ import annotations
@@ -16,16 +21,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
+from experiments import federations
 from experiments.tables import RESULTS, markdown_table
-from flsplit.launcher import SuperLink, SuperNode, run_config_text
-from flsplit.results import read_metrics
+from flsplit.launcher import run_config_text
 
 STRATEGIES = ("dsl", "csl")
-ENGINES = ("simulation", "deployment (warm)")
+#: engine -> (its label in the table, the environment of each real SuperNode (None: simulation), its nice)
+ENGINES: dict[str, tuple[str, dict[str, str] | None, int]] = {
+    "simulation": ("simulation", None, 0),
+    "warm": ("deployment (warm)", {}, 0),
+    "warm-1thread": ("deployment (warm, 1 thread per node)", {"OMP_NUM_THREADS": "1"}, 0),
+    "warm-1thread-nice15": ("deployment (warm, 1 thread per node, nice 15)", {"OMP_NUM_THREADS": "1"}, 15),
+}
 
 
 def _config(strategy: str, work: Path, name: str, data_dir: Path, scale: dict[str, int]) -> str:
@@ -35,32 +45,15 @@ def _config(strategy: str, work: Path, name: str, data_dir: Path, scale: dict[st
     })
 
 
-def _checked(done: subprocess.CompletedProcess[str], work: Path) -> None:
-    if done.returncode != 0:
-        raise SystemExit(f"run failed; its files are in {work}\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
-
-
-def simulation_epoch(strategy: str, work: Path, data_dir: Path, scale: dict[str, int]) -> dict:
-    name = f"simulation-{strategy}"
-    with SuperLink(work / name, simulation=True) as link:
-        done = link.run(_config(strategy, work, name, data_dir, scale), num_supernodes=2, timeout_s=7200)
-    _checked(done, work)
-    return read_metrics(work / name / "metrics.jsonl")[-1]
-
-
-def deployment_epoch(strategy: str, work: Path, data_dir: Path, scale: dict[str, int]) -> dict:
-    name = f"deployment-{strategy}"
-    with SuperLink(work / name, simulation=False) as link:
-        nodes = []
-        try:
-            for i in range(2):
-                nodes.append(SuperNode(link, f"node{i}", f"partition-id={i} num-partitions=2 data-dir='{data_dir}'", warm=True))
-            done = link.run(_config(strategy, work, name, data_dir, scale), timeout_s=7200)
-        finally:
-            for node in nodes:
-                node.stop()
-    _checked(done, work)
-    return read_metrics(work / name / "metrics.jsonl")[-1]
+def epoch(engine: str, strategy: str, work: Path, data_dir: Path, scale: dict[str, int]) -> dict:
+    """One round (the epoch, then the test) on ``engine``: its metrics."""
+    name = f"{engine}-{strategy}"
+    config, metrics = _config(strategy, work, name, data_dir, scale), work / name / "metrics.jsonl"
+    _, node_env, nice = ENGINES[engine]
+    if node_env is None:
+        return federations.in_simulation(work / name, config, metrics, timeout_s=7200)[-1]
+    node_config = f"data-dir='{data_dir}'"
+    return federations.on_supernodes(work / name, config, metrics, 7200, node_config=node_config, node_env=node_env, warm=True, nice=nice)[-1]
 
 
 def _row(engine: str, strategy: str, metrics: dict) -> dict:
@@ -76,20 +69,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="the folder holding cifar10-jpeg.tar.gz")
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated, run in this order")
+    parser.add_argument("--engines", default="simulation,warm-1thread", help=f"comma-separated, simulation first, of {list(ENGINES)}")
     parser.add_argument("--max-batches", type=int, default=0, help="batches per client (0: the whole epoch); for a smoke run")
     parser.add_argument("--eval-samples", type=int, default=0, help="test images (0: all 10,000); for a smoke run")
     parser.add_argument("--note", default="", help="free text kept in the conditions, e.g. 'quiet machine'")
+    parser.add_argument("--name", default="deployment_epoch", help="results file stem under experiments/results")
     args = parser.parse_args()
+    engines = [e.strip() for e in args.engines.split(",")]
+    if engines[0] != "simulation" or not set(engines) <= set(ENGINES):
+        parser.error(f"--engines: start with simulation (the base of every ratio) and choose from {list(ENGINES)}; got {args.engines}")
     scale = {"max-batches": args.max_batches, "eval-samples": args.eval_samples}  # 0, 0: the whole epoch and test split
     rows = []
     work = Path(tempfile.mkdtemp(prefix="deployment-epoch-"))  # kept: the runs' logs and metrics
     print(f"runs in {work}", flush=True)
     for strategy in args.strategies.split(","):
-        for engine, epoch in zip(ENGINES, (simulation_epoch, deployment_epoch)):
-            rows.append(_row(engine, strategy, epoch(strategy, work, args.data_dir.resolve(), scale)))
+        for engine in engines:
+            rows.append(_row(ENGINES[engine][0], strategy, epoch(engine, strategy, work, args.data_dir.resolve(), scale)))
             print(json.dumps(rows[-1]), flush=True)
     for row in rows:
-        base = next(r for r in rows if r["strategy"] == row["strategy"] and r["engine"] == ENGINES[0])
+        base = next(r for r in rows if r["strategy"] == row["strategy"] and r["engine"] == "simulation")
         row["train_vs_simulation"] = round(row["train_s"] / base["train_s"], 2)
     conditions = {
         "note": args.note, "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(),
@@ -97,9 +95,9 @@ def main() -> None:
         "max_batches": args.max_batches, "eval_samples": args.eval_samples,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "deployment_epoch.json").write_text(json.dumps({"conditions": conditions, "rows": rows}, indent=2))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"conditions": conditions, "rows": rows}, indent=2))
     text = f"Conditions: {json.dumps(conditions)}\n\n{markdown_table(rows)}\n"
-    (RESULTS / "deployment_epoch.md").write_text(text)
+    (RESULTS / f"{args.name}.md").write_text(text)
     print(text)
 
 

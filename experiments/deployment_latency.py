@@ -11,12 +11,18 @@ every training message's round trip into the parts below from the stamps of the 
 - ``warm``: the same SuperNode in ``--isolation process`` beside ``apps.warm_superexec``;
 - ``warm-sqlite``: the warm setup with the SuperLink's state in SQLite on disk (``--database``,
   as ``flwr run``'s local SuperLink keeps it) instead of in memory (Flower's default);
+- ``warm-1thread``: the warm setup with one torch thread per SuperNode (``OMP_NUM_THREADS=1``), as
+  the simulation engine gives each virtual SuperNode of 1 CPU: two SuperNodes and the ServerApp
+  on one 2-core host otherwise run 2 threads each;
+- ``warm-1thread-nice15``: that, with the SuperNodes at nice 15 under the ServerApp, as Ray runs
+  the simulation's clients;
 - ``default``: the cold setup with Flower's own waits (3 s idle, 0.5 s reply poll, 1 s task poll).
 
-Writes ``experiments/results/deployment_latency.{json,md}``::
+Writes ``experiments/results/deployment_latency.{json,md}`` (``--name`` renames)::
 
     python -m experiments.deployment_latency                   # cold and warm, ~10-12 min on 2 idle cores
     python -m experiments.deployment_latency --setups warm --csl-batches 20
+    python -m experiments.deployment_latency --setups warm,warm-1thread --dsl-setups warm,warm-1thread
 """
 
 from __future__ import annotations
@@ -28,12 +34,13 @@ import platform
 import re
 import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+from experiments import federations
 from experiments.tables import RESULTS, markdown_table
 from flsplit import trace
-from flsplit.launcher import SuperLink, SuperNode, run_config_text
-from flsplit.results import read_metrics
+from flsplit.launcher import run_config_text
 
 #: (part, the stamps it runs between), in order; "app imports" is cut out of the runtime part.
 PARTS = (
@@ -46,15 +53,18 @@ PARTS = (
     ("handler: train, save state, encode", "ready", "replied"),
     ("reply push to SuperNode, SuperNode reply poll", "replied", "node_sending"),
     ("SuperNode push to SuperLink", "node_sending", "node_sent"),
-    ("SuperLink to ServerApp pull", "node_sent", "server_pulled"),
+    ("reply held in the SuperLink while the ServerApp serves the other client", "node_sent", "server_waiting"),
+    ("SuperLink to ServerApp pull (transfer, poll)", "server_waiting", "server_pulled"),
 )
 IMPORTS, RUNTIME = PARTS[4][0], PARTS[3][0]
 _LOG = re.compile(r"^(\d+\.\d+) \w+ (Receiving: [\w.]+ message \(ID: (\w+)\)|Runtime\.PullTaskInput|Sending: |Sent successfully)")
 #: setup -> (SuperNode options, SuperNode environment, SuperLink state in SQLite on disk)
-SETUPS: dict[str, tuple[dict[str, bool], dict[str, str], bool]] = {
+SETUPS: dict[str, tuple[dict[str, bool | int], dict[str, str], bool]] = {
     "cold": ({"fast": True}, {}, False),
     "warm": ({"warm": True}, {}, False),
     "warm-sqlite": ({"warm": True}, {}, True),
+    "warm-1thread": ({"warm": True}, {"OMP_NUM_THREADS": "1"}, False),
+    "warm-1thread-nice15": ({"warm": True, "nice": 15}, {"OMP_NUM_THREADS": "1"}, False),
     "default": ({"fast": True}, {"FLSPLIT_SUPERNODE_IDLE_S": "3", "FLSPLIT_SUPERNODE_REPLY_POLL_S": "0.5", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1"}, False),
 }
 
@@ -87,12 +97,13 @@ def journeys(server_dir: Path, node_dirs: list[Path]) -> list[dict[str, float]]:
     """One dict of stamps per training message that every component stamped."""
     pushes = {r["message_id"]: r for r in trace.read(server_dir, "server_push")}
     pulls = {r["message_id"]: r["t"] for r in trace.read(server_dir, "server_pull")}
+    waits = {r["message_id"]: r["t"] for r in trace.read(server_dir, "server_wait")}
     found = []
     for trace_dir in node_dirs:
         node = supernode_stamps(trace_dir)
         for client in trace.read(trace_dir, "clientapp"):
             mid = client["message_id"]
-            if mid not in pushes or mid not in pulls or len(node.get(mid, {})) < 4:
+            if mid not in pushes or mid not in pulls or mid not in waits or len(node.get(mid, {})) < 4:
                 continue
             app_start = max(client["import_started"], node[mid]["task_input_pulled"])  # preloaded: no import in the task
             found.append({
@@ -100,6 +111,8 @@ def journeys(server_dir: Path, node_dirs: list[Path]) -> list[dict[str, float]]:
                 "process_started": client["process_started"], "app_import_started": app_start,
                 "app_imported": max(client["imported"], app_start), "entered": client["entered"],
                 "ready": client["ready"], "replied": client["t"], "server_pulled": pulls[mid],
+                # the ServerApp turns to this reply once it is in the SuperLink and the server waits for it
+                "server_waiting": max(waits[mid], node[mid]["node_sent"]),
             })
     return found
 
@@ -112,10 +125,13 @@ def parts_of(stamps: dict[str, float]) -> dict[str, float]:
     return parts
 
 
-def breakdown(stamps: list[dict[str, float]]) -> dict[str, float]:
-    """Median milliseconds of every part, and of the whole round trip."""
-    per_message = [parts_of(s) for s in stamps]
-    return {name: statistics.median(p[name] for p in per_message) for name in per_message[0]}
+def breakdown(per_message: list[dict[str, float]], average: Callable[[list[float]], float]) -> dict[str, float]:
+    """``average`` (median or mean) milliseconds of every part, and of the whole round trip.
+
+    Medians resist outliers but do not add up when a part is bimodal (a reply the server
+    turns to at once, or one held while it serves the other client); means add up.
+    """
+    return {name: average([p[name] for p in per_message]) for name in per_message[0]}
 
 
 def _config(strategy: str, batches: int, batch_size: int, work: Path, name: str) -> str:
@@ -131,35 +147,22 @@ def deployment_run(setup: str, strategy: str, batches: int, batch_size: int, wor
     name = f"{setup}-{strategy}"
     home = work / name
     server_dir = home / "trace-server"
-    server_dir.mkdir(parents=True)
+    node_dirs = [home / f"trace-node{i}" for i in range(federations.NUM_NODES)]
+    for folder in (server_dir, *node_dirs):
+        folder.mkdir(parents=True)
     options, node_env, on_disk = SETUPS[setup]
-    database = home / "state.db" if on_disk else None
-    with SuperLink(home, simulation=False, env={trace.TRACE_ENV: str(server_dir)}, database=database) as link:
-        nodes = []
-        try:
-            for i in range(2):
-                node_dir = home / f"trace-node{i}"
-                node_dir.mkdir()
-                env = node_env | {trace.TRACE_ENV: str(node_dir)}
-                nodes.append(SuperNode(link, f"node{i}", f"partition-id={i} num-partitions=2", env=env, **options))
-            done = link.run(_config(strategy, batches, batch_size, work, name), timeout_s=3600)
-        finally:
-            for node in nodes:
-                node.stop()
-    if done.returncode != 0:
-        raise SystemExit(done.stdout[-3000:] + done.stderr[-3000:])
-    stamps = journeys(server_dir, [home / f"trace-node{i}" for i in range(2)])
-    return read_metrics(work / name / "metrics.jsonl")[-1], stamps
+    metrics = federations.on_supernodes(
+        home, _config(strategy, batches, batch_size, work, name), work / name / "metrics.jsonl", timeout_s=3600,
+        node_env=node_env, node_env_of={i: {trace.TRACE_ENV: str(d)} for i, d in enumerate(node_dirs)},
+        link_env={trace.TRACE_ENV: str(server_dir)}, database=home / "state.db" if on_disk else None, **options,
+    )
+    return metrics[-1], journeys(server_dir, node_dirs)
 
 
 def simulation_run(strategy: str, batches: int, batch_size: int, work: Path) -> dict:
     """The same two rounds in the simulation engine (2 virtual SuperNodes, 1 CPU each)."""
     name = f"simulation-{strategy}"
-    with SuperLink(work / name, simulation=True) as link:
-        done = link.run(_config(strategy, batches, batch_size, work, name), num_supernodes=2, timeout_s=3600)
-    if done.returncode != 0:
-        raise SystemExit(done.stdout[-3000:] + done.stderr[-3000:])
-    return read_metrics(work / name / "metrics.jsonl")[-1]
+    return federations.in_simulation(work / name, _config(strategy, batches, batch_size, work, name), work / name / "metrics.jsonl", 3600)[-1]
 
 
 def _round_row(engine: str, strategy: str, batches: int, last: dict) -> dict:
@@ -174,15 +177,21 @@ def main() -> None:
     parser.add_argument("--setups", default="cold,warm", help=f"comma-separated, of {sorted(SETUPS)}")
     parser.add_argument("--csl-batches", type=int, default=10, help="CSL batches per client per round (2 clients: 2x+2 messages)")
     parser.add_argument("--dsl-batches", type=int, default=6)
+    parser.add_argument("--dsl-setups", default="warm", help="comma-separated setups to time the DSL round on")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--no-simulation", action="store_true", help="skip the DSL round in simulation")
     parser.add_argument("--note", default="", help="free text kept in the conditions, e.g. 'quiet machine'")
+    parser.add_argument("--name", default="deployment_latency", help="results file stem under experiments/results")
     args = parser.parse_args()
     setups = [s.strip() for s in args.setups.split(",")]
-    unknown = sorted(set(setups) - set(SETUPS))
-    if unknown:
-        parser.error(f"--setups: unknown {unknown}; choose from {sorted(SETUPS)}")
+    dsl_setups = [s.strip() for s in args.dsl_setups.split(",")]
+    for option, chosen in (("--setups", setups), ("--dsl-setups", dsl_setups)):
+        unknown = sorted(set(chosen) - set(SETUPS))
+        if unknown:
+            parser.error(f"{option}: unknown {unknown}; choose from {sorted(SETUPS)}")
     parts: dict[str, dict[str, float]] = {}
+    means: dict[str, dict[str, float]] = {}
+    per_message: dict[str, list[dict[str, float]]] = {}
     rounds, counts = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -190,11 +199,14 @@ def main() -> None:
             last, stamps = deployment_run(setup, "csl", args.csl_batches, args.batch_size, work)
             if not stamps:
                 raise SystemExit(f"{setup}: no message was stamped by all components; see {work}")
-            parts[setup], counts[setup] = breakdown(stamps), len(stamps)
+            per_message[setup] = [parts_of(s) for s in stamps]
+            parts[setup], means[setup] = breakdown(per_message[setup], statistics.median), breakdown(per_message[setup], statistics.mean)
+            counts[setup] = len(stamps)
             rounds.append(_round_row(f"deployment ({setup})", "csl", args.csl_batches, last))
             print(setup, json.dumps(parts[setup], indent=1), flush=True)
-        dsl_setup = "warm" if "warm" in setups else setups[-1]
-        rounds.append(_round_row(f"deployment ({dsl_setup})", "dsl", args.dsl_batches, deployment_run(dsl_setup, "dsl", args.dsl_batches, args.batch_size, work)[0]))
+        for dsl_setup in dsl_setups:
+            last = deployment_run(dsl_setup, "dsl", args.dsl_batches, args.batch_size, work)[0]
+            rounds.append(_round_row(f"deployment ({dsl_setup})", "dsl", args.dsl_batches, last))
         if not args.no_simulation:
             rounds.append(_round_row("simulation", "dsl", args.dsl_batches, simulation_run("dsl", args.dsl_batches, args.batch_size, work)))
     conditions = {
@@ -204,11 +216,14 @@ def main() -> None:
         "csl": f"resnet20 cut s, synthetic, batch {args.batch_size}, {args.csl_batches} batches per client, 2 SuperNodes on 127.0.0.1",
         "messages_per_setup": counts,
     }
-    table_rows = [{"part (median ms)": name, **{setup: round(parts[setup][name], 1) for setup in setups}} for name in parts[setups[0]]]
+    table_rows = [
+        {"part (ms)": name, **{f"{setup} {kind}": round(of[setup][name], 1) for setup in setups for kind, of in (("median", parts), ("mean", means))}}
+        for name in parts[setups[0]]
+    ]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "deployment_latency.json").write_text(json.dumps({"conditions": conditions, "breakdown_ms": parts, "rounds": rounds}, indent=2))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"conditions": conditions, "breakdown_ms": parts, "mean_ms": means, "per_message_ms": per_message, "rounds": rounds}, indent=2))
     text = f"Conditions: {json.dumps(conditions)}\n\n{markdown_table(table_rows)}\n\n{markdown_table(rounds)}"
-    (RESULTS / "deployment_latency.md").write_text(text)
+    (RESULTS / f"{args.name}.md").write_text(text)
     print(text)
 
 

@@ -61,10 +61,13 @@ class _Process:
     process: subprocess.Popen
     _log_handle: object
 
-    def _start(self, argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
+    def _start(self, argv: list[str], env: dict[str, str], cwd: Path, log: Path, nice: int = 0) -> None:
         self.log_path = log
         self._log_handle = open(log, "wb")  # noqa: SIM115 - closed in stop()/kill()
-        self.process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log_handle, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdout=self._log_handle, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=(lambda: _lower_priority(nice)) if nice else None,
+        )
 
     def kill(self) -> None:
         """SIGKILL the process and every process it started, at once, as a crash would."""
@@ -172,16 +175,18 @@ class SuperLink(_Process):
 class WarmSuperExec(_Process):
     """``apps.warm_superexec`` serving the ClientApp tasks of a SuperNode in ``--isolation process``."""
 
-    def __init__(self, home: Path, runtime_port: int, env: dict[str, str]) -> None:
+    def __init__(self, home: Path, runtime_port: int, env: dict[str, str], nice: int = 0) -> None:
         argv = [sys.executable, "-m", "apps.warm_superexec", "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--insecure"]
-        self._start(argv, env, home, home / "superexec.log")
+        self._start(argv, env, home, home / "superexec.log", nice)
 
 
 class SuperNode(_Process):
     """``flower-supernode`` connected to a deployment-mode ``SuperLink``.
 
     ``warm`` starts it with ``--isolation process`` beside a ``WarmSuperExec`` (the fork
-    server of ``apps.warm_superexec``); it implies ``fast``.
+    server of ``apps.warm_superexec``); it implies ``fast``. ``nice`` lowers the priority of
+    the SuperNode and its SuperExec (and so of every ClientApp), as the simulation engine's
+    Ray runs its clients at nice 15 under the ServerApp: for SuperNodes sharing a host with it.
     """
 
     def __init__(
@@ -194,6 +199,7 @@ class SuperNode(_Process):
         private_key: Path | None = None,
         wait: bool = True,
         warm: bool = False,
+        nice: int = 0,
     ) -> None:
         home = superlink.home / name
         home.mkdir(parents=True, exist_ok=True)
@@ -215,11 +221,11 @@ class SuperNode(_Process):
             argv += ["--insecure"]
         argv += ["--auth-supernode-private-key", str(private_key)] if private_key else []
         node_env = superlink.env | {"FLWR_HOME": str(home)} | (env or {})
-        self._start(argv, node_env, home, home / "supernode.log")
+        self._start(argv, node_env, home, home / "supernode.log", nice)
         if wait:
             _wait_for_port(self.port, self.process, self.log_path)
         if warm:
-            self.superexec = WarmSuperExec(home, self.port, node_env)
+            self.superexec = WarmSuperExec(home, self.port, node_env, nice)
 
     def kill(self) -> None:
         """SIGKILL the SuperNode, its SuperExec and every process they started."""
@@ -232,6 +238,18 @@ class SuperNode(_Process):
         if self.superexec is not None:
             self.superexec.stop()
         super().stop()
+
+
+def _lower_priority(nice: int) -> None:
+    """In the new process, after ``setsid``: nice it, and its session's autogroup.
+
+    With the kernel's autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``) nice
+    only ranks processes within one session, and each of our processes has its own session.
+    """
+    os.nice(nice)
+    autogroup = Path("/proc/self/autogroup")
+    if autogroup.exists():
+        autogroup.write_text(str(nice))
 
 
 def _descendants(root: int) -> list[int]:
