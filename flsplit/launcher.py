@@ -64,10 +64,10 @@ class _Process:
     def _start(self, argv: list[str], env: dict[str, str], cwd: Path, log: Path, nice: int = 0) -> None:
         self.log_path = log
         self._log_handle = open(log, "wb")  # noqa: SIM115 - closed in stop()/kill()
-        self.process = subprocess.Popen(
-            argv, env=env, cwd=cwd, stdout=self._log_handle, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=(lambda: _lower_priority(nice)) if nice else None,
-        )
+        niced = ["nice", "-n", str(nice), *argv] if nice else argv  # every thread, from the start
+        self.process = subprocess.Popen(niced, env=env, cwd=cwd, stdout=self._log_handle, stderr=subprocess.STDOUT, start_new_session=True)
+        if nice:
+            _lower_autogroup(self.process.pid, nice)
 
     def kill(self) -> None:
         """SIGKILL the process and every process it started, at once, as a crash would."""
@@ -240,14 +240,13 @@ class SuperNode(_Process):
         super().stop()
 
 
-def _lower_priority(nice: int) -> None:
-    """In the new process, after ``setsid``: nice it, and its session's autogroup.
+def _lower_autogroup(pid: int, nice: int) -> None:
+    """Give the session of ``pid`` (it leads a new one) the autogroup nice ``nice``.
 
     With the kernel's autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``) nice
     only ranks processes within one session, and each of our processes has its own session.
     """
-    os.nice(nice)
-    autogroup = Path("/proc/self/autogroup")
+    autogroup = Path(f"/proc/{pid}/autogroup")
     if autogroup.exists():
         autogroup.write_text(str(nice))
 
