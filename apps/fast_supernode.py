@@ -6,7 +6,7 @@ through a SuperNode costs up to 3.5 s of sleeping. This launcher replaces the id
 ``FLSPLIT_SUPERNODE_IDLE_S`` (default 0.25 s) and the reply check with
 ``FLSPLIT_SUPERNODE_REPLY_POLL_S`` (default 0.05 s; a local state lookup), and sets
 ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (default 0.1 s, Flower's own knob) for the task
-launcher. Shorter idle waits were measured to be slower on a 2-core machine: the polling
+launcher, and starts the retries of its message pulls at 0.02 s (``apps.fast_pull``). Shorter idle waits were measured to be slower on a 2-core machine: the polling
 itself then competes with training for the CPU (docs/deploy.md). With ``FLSPLIT_TRACE_DIR``
 set, flwr's log lines are also written there, stamped with ``time.time()`` (for ``experiments/deployment_latency.py``).
 Nothing changes unless you start SuperNodes with this module:
@@ -84,7 +84,10 @@ def _stamp_log_lines(directory: str) -> None:
 
 def main() -> None:
     """Apply the patch, then run ``flower-supernode`` with the given arguments."""
+    from apps import fast_pull  # noqa: PLC0415 - it imports this module's version guard
+
     apply(float(os.environ.get("FLSPLIT_SUPERNODE_IDLE_S", "0.25")), float(os.environ.get("FLSPLIT_SUPERNODE_REPLY_POLL_S", "0.05")))
+    fast_pull.apply()  # the SuperNode's pull of each message from the SuperLink
     if trace.enabled():
         _stamp_log_lines(os.environ[trace.TRACE_ENV])
     os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")

@@ -24,7 +24,7 @@ from flsplit.results import ResultsWriter
 from flsplit.split import build_halves
 from flsplit.tracking import open_tracker
 from strategies import ServerHalf, SplitStrategy, get_strategy, parse_config
-from apps import rounds, simulation_runtime
+from apps import fast_pull, rounds, simulation_runtime
 from apps.exchange import Exchange
 
 app = ServerApp()
@@ -43,6 +43,8 @@ def main(grid: Grid, context: Context) -> None:
     config = parse_config(context.run_config, from_flower=True)
     if simulation_runtime.in_simulation_runtime():
         simulation_runtime.match_worker_priority()  # opt-in; before the first computation (see the module)
+    else:
+        _shorten_pull_retries()
     strategy = get_strategy(config.strategy)
     server = build_server(config, strategy)
     ledger = Ledger()
@@ -93,6 +95,14 @@ def _run_facts(config: RunConfig, clients: list[rounds.Client]) -> dict[str, Any
     }
     versions = {"flwr_version": flwr.__version__, "torch_version": torch.__version__}
     return {"num_clients": len(clients), "cut_blocks": config.cut_blocks, "processes": processes} | versions
+
+
+def _shorten_pull_retries() -> None:
+    """Pull replies without Flower's 1 s first retry (``apps.fast_pull``); an optimisation, so only warn if it cannot."""
+    try:
+        log(INFO, "flsplit: reply pulls retry after %g s at first (apps.fast_pull)", fast_pull.apply())
+    except (fast_pull.FlowerChangedError, ValueError) as err:
+        log(WARNING, "flsplit: replies pulled with Flower's own retries: %s", err)
 
 
 def _run_name(config: RunConfig) -> str:

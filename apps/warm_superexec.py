@@ -48,6 +48,7 @@ from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResult, Subpr
 from flwr.supercore.utils import get_flwr_home
 from flwr.supernode.runtime.run_clientapp import run_clientapp
 
+from apps import fast_pull
 from apps.fast_supernode import SUPPORTED_VERSIONS, FlowerChangedError
 
 PRELOAD_ENV = "FLSPLIT_WARM_PRELOAD"
@@ -232,6 +233,7 @@ def main() -> None:
     check_supported()
     names = [name.strip() for name in os.environ.get(PRELOAD_ENV, DEFAULT_PRELOAD).split(",") if name.strip()]
     os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
+    fast_pull.apply()  # inherited by every forked task: its pull of the message from the SuperNode
     install(ForkServer(names))
     from flwr.supercore.cli import flower_superexec  # noqa: PLC0415
 

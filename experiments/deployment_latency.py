@@ -16,6 +16,8 @@ every training message's round trip into the parts below from the stamps of the 
   on one 2-core host otherwise run 2 threads each;
 - ``warm-1thread-nice15``: that, with the SuperNodes at nice 15 under the ServerApp, as Ray runs
   the simulation's clients;
+- ``warm-1thread-flwr-pull``: ``warm-1thread`` with Flower's own first retry of 1 s when a
+  pulled message's objects have not all arrived (``apps.fast_pull`` off, on every party);
 - ``default``: the cold setup with Flower's own waits (3 s idle, 0.5 s reply poll, 1 s task poll).
 
 Writes ``experiments/results/deployment_latency.{json,md}`` (``--name`` renames)::
@@ -41,6 +43,7 @@ from experiments import federations
 from experiments.tables import RESULTS, markdown_table
 from flsplit import trace
 from flsplit.launcher import run_config_text
+from apps import fast_pull
 
 #: (part, the stamps it runs between), in order; "app imports" is cut out of the runtime part.
 PARTS = (
@@ -53,8 +56,8 @@ PARTS = (
     ("handler: train, save state, encode", "ready", "replied"),
     ("reply push to SuperNode, SuperNode reply poll", "replied", "node_sending"),
     ("SuperNode push to SuperLink", "node_sending", "node_sent"),
-    ("reply held in the SuperLink while the ServerApp serves the other client", "node_sent", "server_waiting"),
-    ("SuperLink to ServerApp pull (transfer, poll)", "server_waiting", "server_pulled"),
+    ("reply held in the SuperLink while the ServerApp is busy (the other client)", "node_sent", "server_waiting"),
+    ("SuperLink to ServerApp pull (transfer, poll, object-pull retries)", "server_waiting", "server_pulled"),
 )
 IMPORTS, RUNTIME = PARTS[4][0], PARTS[3][0]
 _LOG = re.compile(r"^(\d+\.\d+) \w+ (Receiving: [\w.]+ message \(ID: (\w+)\)|Runtime\.PullTaskInput|Sending: |Sent successfully)")
@@ -65,6 +68,7 @@ SETUPS: dict[str, tuple[dict[str, bool | int], dict[str, str], bool]] = {
     "warm-sqlite": ({"warm": True}, {}, True),
     "warm-1thread": ({"warm": True}, {"OMP_NUM_THREADS": "1"}, False),
     "warm-1thread-nice15": ({"warm": True, "nice": 15}, {"OMP_NUM_THREADS": "1"}, False),
+    "warm-1thread-flwr-pull": ({"warm": True}, {"OMP_NUM_THREADS": "1", fast_pull.BACKOFF_ENV: str(fast_pull.FLWR_INITIAL_BACKOFF_S)}, False),
     "default": ({"fast": True}, {"FLSPLIT_SUPERNODE_IDLE_S": "3", "FLSPLIT_SUPERNODE_REPLY_POLL_S": "0.5", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1"}, False),
 }
 
@@ -154,7 +158,9 @@ def deployment_run(setup: str, strategy: str, batches: int, batch_size: int, wor
     metrics = federations.on_supernodes(
         home, _config(strategy, batches, batch_size, work, name), work / name / "metrics.jsonl", timeout_s=3600,
         node_env=node_env, node_env_of={i: {trace.TRACE_ENV: str(d)} for i, d in enumerate(node_dirs)},
-        link_env={trace.TRACE_ENV: str(server_dir)}, database=home / "state.db" if on_disk else None, **options,
+        # the pull backoff is the ServerApp's too (it runs in the SuperLink's environment)
+        link_env={trace.TRACE_ENV: str(server_dir)} | {k: v for k, v in node_env.items() if k == fast_pull.BACKOFF_ENV},
+        database=home / "state.db" if on_disk else None, **options,
     )
     return metrics[-1], journeys(server_dir, node_dirs)
 

@@ -67,7 +67,11 @@ class _Process:
         niced = ["nice", "-n", str(nice), *argv] if nice else argv  # every thread, from the start
         self.process = subprocess.Popen(niced, env=env, cwd=cwd, stdout=self._log_handle, stderr=subprocess.STDOUT, start_new_session=True)
         if nice:
-            _lower_autogroup(self.process.pid, nice)
+            try:
+                _lower_autogroup(self.process.pid, nice)
+            except RuntimeError:
+                self.kill()
+                raise
 
     def kill(self) -> None:
         """SIGKILL the process and every process it started, at once, as a crash would."""
@@ -247,8 +251,15 @@ def _lower_autogroup(pid: int, nice: int) -> None:
     only ranks processes within one session, and each of our processes has its own session.
     """
     autogroup = Path(f"/proc/{pid}/autogroup")
-    if autogroup.exists():
-        autogroup.write_text(str(nice))
+    if not autogroup.exists():
+        return
+    for _ in range(20):
+        try:
+            autogroup.write_text(str(nice))
+            return
+        except BlockingIOError:  # without CAP_SYS_ADMIN the kernel takes one such write per 100 ms
+            time.sleep(0.11)
+    raise RuntimeError(f"could not set the autogroup nice of process {pid} to {nice} ({autogroup})")
 
 
 def _descendants(root: int) -> list[int]:

@@ -38,8 +38,8 @@ def test_a_reply_waiting_for_the_busy_server_is_not_counted_as_transfer(tmp_path
     [stamps] = latency.journeys(server, [node])
     parts = latency.parts_of(stamps)
     # Assert
-    assert parts["reply held in the SuperLink while the ServerApp serves the other client"] == pytest.approx(600)
-    assert parts["SuperLink to ServerApp pull (transfer, poll)"] == pytest.approx(500)
+    assert parts["reply held in the SuperLink while the ServerApp is busy (the other client)"] == pytest.approx(600)
+    assert parts["SuperLink to ServerApp pull (transfer, poll, object-pull retries)"] == pytest.approx(500)
     assert parts["round trip (ServerApp push to pull)"] == pytest.approx(3500)
     assert sum(v for k, v in parts.items() if not k.startswith("round trip")) == pytest.approx(3500)
 
@@ -47,8 +47,8 @@ def test_a_reply_waiting_for_the_busy_server_is_not_counted_as_transfer(tmp_path
 def test_a_server_already_waiting_holds_no_reply(tmp_path: Path) -> None:
     server, node = _one_message(tmp_path, server_waits_at=100.1)
     parts = latency.parts_of(latency.journeys(server, [node])[0])
-    assert parts["reply held in the SuperLink while the ServerApp serves the other client"] == 0
-    assert parts["SuperLink to ServerApp pull (transfer, poll)"] == pytest.approx(1100)
+    assert parts["reply held in the SuperLink while the ServerApp is busy (the other client)"] == 0
+    assert parts["SuperLink to ServerApp pull (transfer, poll, object-pull retries)"] == pytest.approx(1100)
 
 
 def test_mean_parts_add_up_to_the_mean_round_trip_where_medians_need_not(tmp_path: Path) -> None:
@@ -58,5 +58,5 @@ def test_mean_parts_add_up_to_the_mean_round_trip_where_medians_need_not(tmp_pat
     # Execute
     means = latency.breakdown([first, second], statistics.mean)
     # Assert
-    assert means["reply held in the SuperLink while the ServerApp serves the other client"] == pytest.approx(300)
+    assert means["reply held in the SuperLink while the ServerApp is busy (the other client)"] == pytest.approx(300)
     assert sum(v for k, v in means.items() if not k.startswith("round trip")) == pytest.approx(means["round trip (ServerApp push to pull)"])
