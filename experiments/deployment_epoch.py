@@ -62,6 +62,7 @@ def _row(engine: str, strategy: str, metrics: dict) -> dict:
         "strategy": strategy, "engine": engine, "train_s": round(metrics["round_s"], 1), "eval_s": round(metrics["eval_s"], 1),
         "train_messages": messages, "round_trip_s_mean": round(metrics["round_trip_s"] / max(messages, 1), 3),
         "test_accuracy": round(metrics["test_accuracy"], 4),
+        **{key: round(metrics[key], 1) for key in ("server_s", "client_fwd_s", "client_bwd_s", "comm_s")},
     }
 
 
@@ -76,8 +77,8 @@ def main() -> None:
     parser.add_argument("--name", default="deployment_epoch", help="results file stem under experiments/results")
     args = parser.parse_args()
     engines = [e.strip() for e in args.engines.split(",")]
-    if engines[0] != "simulation" or not set(engines) <= set(ENGINES):
-        parser.error(f"--engines: start with simulation (the base of every ratio) and choose from {list(ENGINES)}; got {args.engines}")
+    if engines[0] != "simulation" or not set(engines) <= set(ENGINES) or len(set(engines)) < len(engines):
+        parser.error(f"--engines: start with simulation (the base of every ratio), each once, from {list(ENGINES)}; got {args.engines}")
     scale = {"max-batches": args.max_batches, "eval-samples": args.eval_samples}  # 0, 0: the whole epoch and test split
     rows = []
     work = Path(tempfile.mkdtemp(prefix="deployment-epoch-"))  # kept: the runs' logs and metrics

@@ -5,7 +5,7 @@ set, runs one CSL round (resnet20, cut ``s``, synthetic data, ``--batch-size`` 1
 every training message's round trip into the parts below from the stamps of the ServerApp
 (``apps/exchange.py``), the ClientApp (``apps/client_app.py``) and the SuperNode's log
 (``apps/fast_supernode.py`` copies it there), all ``time.time()`` on one host. Then it times a DSL round of
-``--dsl-batches`` batches per client on the warm deployment and in simulation. Setups:
+``--dsl-batches`` batches per client on each of ``--dsl-setups`` and in simulation. Setups:
 
 - ``cold``: ``apps.fast_supernode`` (short polls), a new ClientApp process per message;
 - ``warm``: the same SuperNode in ``--isolation process`` beside ``apps.warm_superexec``;
@@ -195,26 +195,28 @@ def main() -> None:
         unknown = sorted(set(chosen) - set(SETUPS))
         if unknown:
             parser.error(f"{option}: unknown {unknown}; choose from {sorted(SETUPS)}")
+        if len(set(chosen)) < len(chosen):
+            parser.error(f"{option}: each setup once, got {chosen}")
     parts: dict[str, dict[str, float]] = {}
     means: dict[str, dict[str, float]] = {}
     per_message: dict[str, list[dict[str, float]]] = {}
     rounds, counts = [], {}
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        for setup in setups:
-            last, stamps = deployment_run(setup, "csl", args.csl_batches, args.batch_size, work)
-            if not stamps:
-                raise SystemExit(f"{setup}: no message was stamped by all components; see {work}")
-            per_message[setup] = [parts_of(s) for s in stamps]
-            parts[setup], means[setup] = breakdown(per_message[setup], statistics.median), breakdown(per_message[setup], statistics.mean)
-            counts[setup] = len(stamps)
-            rounds.append(_round_row(f"deployment ({setup})", "csl", args.csl_batches, last))
-            print(setup, json.dumps(parts[setup], indent=1), flush=True)
-        for dsl_setup in dsl_setups:
-            last = deployment_run(dsl_setup, "dsl", args.dsl_batches, args.batch_size, work)[0]
-            rounds.append(_round_row(f"deployment ({dsl_setup})", "dsl", args.dsl_batches, last))
-        if not args.no_simulation:
-            rounds.append(_round_row("simulation", "dsl", args.dsl_batches, simulation_run("dsl", args.dsl_batches, args.batch_size, work)))
+    work = Path(tempfile.mkdtemp(prefix="deployment-latency-"))  # kept: the runs' logs and traces
+    print(f"runs in {work}", flush=True)
+    for setup in setups:
+        last, stamps = deployment_run(setup, "csl", args.csl_batches, args.batch_size, work)
+        if not stamps:
+            raise SystemExit(f"{setup}: no message was stamped by all components; see {work}")
+        per_message[setup] = [parts_of(s) for s in stamps]
+        parts[setup], means[setup] = breakdown(per_message[setup], statistics.median), breakdown(per_message[setup], statistics.mean)
+        counts[setup] = len(stamps)
+        rounds.append(_round_row(f"deployment ({setup})", "csl", args.csl_batches, last))
+        print(setup, json.dumps(parts[setup], indent=1), flush=True)
+    for dsl_setup in dsl_setups:
+        last = deployment_run(dsl_setup, "dsl", args.dsl_batches, args.batch_size, work)[0]
+        rounds.append(_round_row(f"deployment ({dsl_setup})", "dsl", args.dsl_batches, last))
+    if not args.no_simulation:
+        rounds.append(_round_row("simulation", "dsl", args.dsl_batches, simulation_run("dsl", args.dsl_batches, args.batch_size, work)))
     conditions = {
         "note": args.note,
         "host": platform.node(), "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(),
