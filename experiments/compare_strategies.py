@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 import tempfile
 import threading
 import time
@@ -180,7 +181,8 @@ def summary(results: dict[str, Any], planned_rounds: int) -> list[dict[str, Any]
             row[f"GB to {100 * target:.0f} %"] = round(hit["cumulative_gb"], 3) if hit else "not reached"
         row["total GB"] = round(rounds[-1]["cumulative_gb"], 3)
         row["wall clock (min)"] = round(run["wall_s"] / 60, 1)
-        row["eval per round (s)"] = round(sum(r["eval_s"] for r in rounds) / len(rounds), 1)
+        row["training per round, median (s)"] = round(statistics.median(r["round_s"] for r in rounds), 1)
+        row["eval per round, median (s)"] = round(statistics.median(r["eval_s"] for r in rounds), 1)
         aligned = [r for r in rounds if r.get("align_after_cosine") is not None]
         row["align cosine before → after"] = (
             ", ".join(f"{r['align_before_cosine']:.2f}→{r['align_after_cosine']:.2f}" for r in aligned) if aligned else "-"
@@ -238,7 +240,11 @@ def write_outputs(results: dict[str, Any], settings: dict[str, Any], methods: li
     state = "COMPLETE" if not (partial or missing) else (
         f"PARTIAL: complete {complete or 'none'}; still running or interrupted {partial or 'none'}; not started {missing or 'none'}"
     )
-    header = f"{state}.\n\nSettings: {json.dumps(settings)}\n\n"
+    header = (
+        f"{state}.\n\nSettings: {json.dumps(settings)}\n\nWall clock: the sum of every round's training and "
+        "evaluation. Where other work shared the machine during some rounds, it is inflated; the "
+        "medians per round are the fairer speed figures.\n\n"
+    )
     table = markdown_table(summary(results, planned))
     (output / f"{NAME}.md").write_text(header + table)
     plot(results, settings, output / f"{NAME}.png")
