@@ -118,7 +118,7 @@ class Exchange:
     def receive(self, node_id: int, specs: Sequence[TensorSpec], same_batch: bool = True) -> Reply:
         """Wait for ``node_id``'s reply and validate it against ``specs`` (if it has tensors)."""
         deadline = time.perf_counter() + self.timeout_s
-        if node_id not in self._arrived and (waiting_for := self._message_of(node_id)) is not None:
+        if trace.enabled() and node_id not in self._arrived and (waiting_for := self._message_of(node_id)) is not None:
             trace.record("server_wait", message_id=waiting_for)  # from here on the reply is on our critical path
         while node_id not in self._arrived:
             if node_id in self._refused:
