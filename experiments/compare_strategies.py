@@ -251,6 +251,25 @@ def write_outputs(results: dict[str, Any], settings: dict[str, Any], methods: li
     return header + table
 
 
+def completed_results(path: Path, settings: dict[str, Any], chosen: dict[str, str]) -> dict[str, Any]:
+    """The methods ``path`` holds complete, under these settings and the optimizer now chosen.
+
+    Checkpoints live in the git-ignored ``--workdir``, so a fresh machine has none; the committed
+    JSON keeps finished methods, which are not rerun. A partial method without its checkpoint
+    starts again from round 1.
+    """
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    if saved.get("settings") != settings:
+        return {}
+    return {
+        method: run
+        for method, run in saved["methods"].items()
+        if method in saved["status"]["complete"] and run.get("optimizer") == chosen.get(method)
+    }
+
+
 def sweep(link: SuperLink, args: argparse.Namespace, methods: list[str]) -> dict[str, Any]:
     """Each method with each optimizer candidate for a few short rounds; pick the best per method."""
     settings = shared_settings(args.sweep_rounds, args.sweep_batches, args.sweep_eval, args.seed, "constant")
@@ -330,8 +349,11 @@ def main() -> None:
         if absent:
             raise SystemExit(f"no sweep result for {absent}: run with --sweep first")
         settings = shared_settings(args.rounds, 0, 0, args.seed, "cosine")
-        results: dict[str, Any] = {}
+        results = completed_results(saved_path, settings, chosen)
         for i, method in enumerate(methods, start=1):
+            if method in results:
+                print(f"[{i}/{len(methods)}] {method}: complete in {saved_path.name}, kept", flush=True)
+                continue
             print(f"[{i}/{len(methods)}] {method} with {chosen[method]}", flush=True)
             keys = {k: v for k, v in settings.items() if k != "clients"} | METHODS[method] | CANDIDATES[chosen[method]]
             keys |= {"strategy": method, "data-dir": str(args.data_dir)}
