@@ -341,7 +341,8 @@ def main() -> None:
     args.data_dir = args.data_dir.resolve()
     # Flower's own priorities (Ray's workers at nice 15 below the ServerApp): the server, which
     # serves every client, is the critical path. Equal priority (RAY_worker_niceness=0, used up
-    # to CSL and DSL's first 7 rounds) made DSL's rounds 314 s against 245 s (experiments/README.md).
+    # to CSL and DSL's first 7 rounds) made DSL's rounds 314 s against 245 s in
+    # round 8 (later rounds drifted; experiments/README.md).
     with tempfile.TemporaryDirectory() as tmp, SuperLink(Path(tmp) / "flwr-home") as link:
         if args.sweep:
             sweep(link, args, methods)
