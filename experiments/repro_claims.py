@@ -22,12 +22,7 @@ PAPER = {
 def compare(runs: list[Run]) -> list[dict[str, Any]]:
     """One row per (dataset, N, cut) that has both a CSL and a DSL run: DSL relative to CSL."""
     rows = []
-    keys = sorted({(r.dataset, r.clients, r.cut) for r in runs}, key=lambda k: (k[0], k[1], "smd".find(k[2]), k[2]))
-    for dataset, clients, cut in keys:
-        pair = {r.strategy: r for r in runs if (r.dataset, r.clients, r.cut) == (dataset, clients, cut)}
-        if not {"csl", "dsl"} <= set(pair):
-            continue
-        csl, dsl = pair["csl"], pair["dsl"]
+    for (dataset, clients, cut), csl, dsl in _pairs(runs):
         csl_bytes, dsl_bytes = sum(csl.bytes_per_client()), sum(dsl.bytes_per_client())
         rows.append(
             {
@@ -56,6 +51,17 @@ def compare(runs: list[Run]) -> list[dict[str, Any]]:
     return rows
 
 
+def _pairs(runs: list[Run]) -> list[tuple[tuple[str, int, str], Run, Run]]:
+    """``((dataset, N, cut), csl, dsl)`` for every setting that has both runs, in grid order."""
+    keys = sorted({(r.dataset, r.clients, r.cut) for r in runs}, key=lambda k: (k[0], k[1], "smd".find(k[2]), k[2]))
+    pairs = []
+    for key in keys:
+        pair = {r.strategy: r for r in runs if (r.dataset, r.clients, r.cut) == key}
+        if {"csl", "dsl"} <= set(pair):
+            pairs.append((key, pair["csl"], pair["dsl"]))
+    return pairs
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each claim: the paper's statement and our mean and range over the grid (and at cut s)."""
     out = []
@@ -77,15 +83,51 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def write_claims(runs: list[Run], out: Path) -> str:
-    """Write ``claims.json`` and ``claims.md`` under ``out``; return the markdown."""
+def gap_per_epoch(runs: list[Run], preset: str) -> list[dict[str, Any]]:
+    """DSL - CSL test accuracy after every round of every (dataset, N, cut) pair, and how far
+    DSL's server (the test accuracy) sits from DSL's own auxiliary head (positive: above it)."""
+    rows = []
+    for (dataset, clients, cut), csl, dsl in _pairs(runs):
+        for epoch, c, d in zip(dsl.epochs(), csl.metrics, dsl.metrics, strict=False):
+            aux = d.get("aux_accuracy")
+            rows.append(
+                {
+                    "preset": preset,
+                    "dataset": dataset,
+                    "N": clients,
+                    "cut": cut,
+                    "epoch": round(epoch, 2),
+                    "csl_accuracy": c["test_accuracy"],
+                    "dsl_accuracy": d["test_accuracy"],
+                    "gap_pts": 100 * (d["test_accuracy"] - c["test_accuracy"]),
+                    "dsl_aux_accuracy": aux,
+                    "server_minus_aux_pts": None if aux is None else 100 * (d["test_accuracy"] - aux),
+                }
+            )
+    return rows
+
+
+def write_claims(runs: list[Run], out: Path, beside: dict[str, list[Run]] | None = None) -> str:
+    """Write ``claims.json`` and ``claims.md`` under ``out``; return the markdown.
+
+    ``beside`` maps another preset's name to its runs: its per-epoch gaps for the same
+    (dataset, N, cut) settings are listed under this preset's, so two scales read side by side.
+    """
     rows = compare(runs)
     if not rows:
         return "no (CSL, DSL) pairs to compare yet\n"
     summary = summarize(rows)
-    (out / "claims.json").write_text(json.dumps({"summary": summary, "pairs": rows}, indent=2))
+    per_epoch = gap_per_epoch(runs, out.name.removeprefix("reproduce-"))
+    settings = {(r["dataset"], r["N"], r["cut"]) for r in per_epoch}
+    for name, other in (beside or {}).items():
+        per_epoch += [r for r in gap_per_epoch(other, name) if (r["dataset"], r["N"], r["cut"]) in settings]
+    (out / "claims.json").write_text(json.dumps({"summary": summary, "pairs": rows, "per_epoch": per_epoch}, indent=2))
     text = "## The paper's claims against our runs\n\n" + markdown_table(summary)
     text += "\n## DSL against CSL, per setting\n\n" + markdown_table(rows)
+    text += (
+        "\n## DSL - CSL after every round (epochs of data seen), and DSL's server against its own auxiliary head\n\n"
+        + markdown_table(per_epoch)
+    )
     (out / "claims.md").write_text(text)
     return text
 

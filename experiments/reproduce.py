@@ -161,7 +161,8 @@ def main() -> None:
     title = _title(preset, runs)
     for path in write_figures(runs, out, title):
         print(f"wrote {path}")
-    print(write_claims(runs, out))
+    beside = {name: load_runs(RESULTS / f"reproduce-{name}" / "runs") for name in preset.get("report", {}).get("beside", [])}
+    print(write_claims(runs, out, beside))
     if failed:
         raise SystemExit(f"{len(failed)} run(s) failed: {', '.join(failed)}; run the same command again to retry them")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from experiments import reproduce
-from experiments.repro_claims import compare, write_claims
+from experiments.repro_claims import compare, gap_per_epoch, write_claims
 from experiments.repro_figures import write_figures
 from experiments.repro_results import load_runs, run_is_complete
 from flsplit.launcher import run_config_text
@@ -112,6 +112,31 @@ def test_claims_compare_dsl_with_csl_from_the_recorded_numbers(finished_grid: Pa
     assert row["client_memory_ratio"] == pytest.approx(0.75)
     assert row["time_ratio"] == pytest.approx(1.25)
     assert row["csl_gb_per_client"] == pytest.approx(2 * ROUNDS)
+
+
+def test_gap_per_epoch_follows_every_round_and_lists_another_preset_beside(finished_grid: Path, tmp_path: Path) -> None:
+    # Prepare
+    runs = load_runs(finished_grid / "runs")
+    other = tmp_path / "other"
+    _fake_run(other, "csl", "s", 5)
+    _fake_run(other, "dsl", "s", 5)
+    _fake_run(other, "csl", "m", 5)
+    _fake_run(other, "dsl", "m", 5)
+    # Execute
+    rows = gap_per_epoch(runs, "long")
+    write_claims(runs, finished_grid, beside={"short": load_runs(other)})
+    written = json.loads((finished_grid / "claims.json").read_text())["per_epoch"]
+    # Assert
+    assert len(rows) == 4 * ROUNDS
+    first = rows[0]
+    assert (first["N"], first["cut"], first["epoch"]) == (1, "s", 0.2)
+    assert first["gap_pts"] == pytest.approx(-1.0)
+    assert first["server_minus_aux_pts"] == pytest.approx(5.0)
+    assert [r["epoch"] for r in rows[:ROUNDS]] == [0.2, 0.4, 0.6]
+    beside = [r for r in written if r["preset"] == "short"]
+    assert {(r["N"], r["cut"]) for r in beside} == {(5, "s")}  # cut m is not in this grid
+    assert len(written) == 4 * ROUNDS + ROUNDS
+    assert "DSL - CSL after every round" in (finished_grid / "claims.md").read_text()
 
 
 def test_plot_only_draws_four_figures_and_the_claims_without_training(finished_grid: Path, monkeypatch: pytest.MonkeyPatch) -> None:
