@@ -86,7 +86,8 @@ PAPER_COLUMN = "context, not like-for-like: FSL-SAGE paper, ResNet-18 cut after 
 KEPT = (
     "round", "test_accuracy", "test_loss", "aux_accuracy", "train_loss", "bytes_up", "bytes_down",
     "bytes_up_activations", "bytes_up_labels", "bytes_down_gradients", "bytes_model_sync",
-    "bytes_down_aux_model", "round_s", "eval_s", "train_messages", "align_before_cosine", "align_after_cosine",
+    "bytes_down_aux_model", "round_s", "eval_s", "train_messages", "align_index", "align_before_cosine", "align_after_cosine",
+    "estimator_params", "estimator_bytes",
 )
 
 
@@ -189,6 +190,10 @@ def summary(results: dict[str, Any], planned_rounds: int) -> list[dict[str, Any]
         aligned = [r for r in rounds if r.get("align_after_cosine") is not None]
         row["align cosine before → after"] = (
             ", ".join(f"{r['align_before_cosine']:.2f}→{r['align_after_cosine']:.2f}" for r in aligned) if aligned else "-"
+        )
+        sized = next((r for r in rounds if r.get("estimator_params")), None)
+        row["estimator: parameters, MB per aligned model"] = (
+            f"{sized['estimator_params']:,}, {sized['estimator_bytes'] / 1e6:.2f}" if sized else "-"
         )
         row[PAPER_COLUMN] = PAPER_GB.get(method, "-")
         rows.append(row)

@@ -34,13 +34,13 @@ from flsplit.config import RunConfig
 from flsplit.device import host_optimizer_steps
 from flsplit.memory import unmeasured
 from flsplit.split import build_aux, build_halves
-from flsplit.wire import Packet, TensorSpec, load_weights, weight_specs, weights_of
+from flsplit.wire import Packet, TensorSpec, load_weights, module_state, weight_specs, weights_of
 from strategies.alignment import Agreement, agreement, align, true_gradients
 from strategies.base import ClientSlice, ServerHalf, SplitStrategy, register
 from strategies.cse_fsl import UploadEvery
 from strategies.dsl import DSLClient
 
-ALIGN_METRICS = ("align_before_cosine", "align_before_mse", "align_after_cosine", "align_after_mse", "align_s")
+ALIGN_METRICS = ("align_index", "align_before_cosine", "align_before_mse", "align_after_cosine", "align_after_mse", "align_s")
 
 
 class FSLSAGEClient(DSLClient):
@@ -77,6 +77,16 @@ def _aux_model_specs(config: RunConfig) -> tuple[TensorSpec, ...]:
     """What an aligned auxiliary model sent down must look like (built once per config)."""
     with torch.random.fork_rng(devices=[]):
         return tuple(weight_specs({"aux": build_aux(config)}, kind="aux_model"))
+
+
+@lru_cache(maxsize=4)
+def _estimator_size(config: RunConfig) -> tuple[int, int]:
+    """The auxiliary model's trainable parameters, and the tensor bytes of one aligned model sent
+    down (parameters and BatchNorm statistics in their own dtypes; the ledger adds headers)."""
+    with torch.random.fork_rng(devices=[]):
+        aux = build_aux(config)
+    params = sum(p.numel() for p in aux.parameters())
+    return params, sum(v.numel() * v.element_size() for v in module_state(aux).values())
 
 
 @dataclass
@@ -144,6 +154,7 @@ class FSLSAGEServer(ServerHalf):
         if self._agreements:
             before, after = zip(*self._agreements)
             self._report = {
+                "align_index": (round_number - 1) // self.config.params.align_every + 1,  # 1st, 2nd, ... alignment
                 "align_before_cosine": fmean(a.cosine for a in before),
                 "align_before_mse": fmean(a.mse for a in before),
                 "align_after_cosine": fmean(a.cosine for a in after),
@@ -171,8 +182,10 @@ class FSLSAGEServer(ServerHalf):
         return {k: v.detach().clone() for k, v in weights_of({"aux": estimator}).items()}
 
     def take_metrics(self) -> dict[str, float | None]:
-        """The top slice's training metrics, and the round's alignment (``None`` if none ran)."""
-        out = super().take_metrics() | self._report
+        """The top slice's training metrics, the estimator's size, and the round's alignment
+        (``None`` if none ran)."""
+        params, size = _estimator_size(self.config)
+        out = super().take_metrics() | {"estimator_params": params, "estimator_bytes": size} | self._report
         self._report = dict.fromkeys(ALIGN_METRICS)
         return out
 

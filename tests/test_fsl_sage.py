@@ -113,6 +113,11 @@ def test_server_aligns_from_round_one_every_l_rounds_on_the_first_upload_as_the_
     assert carried == {1: [False, True], 2: [False], 3: [False, True]}
     assert metrics[1]["align_after_cosine"] is not None and metrics[2]["align_s"] is None
     assert metrics[3]["align_after_mse"] is not None
+    assert [metrics[r]["align_index"] for r in (1, 2, 3)] == [1, None, 2]
+    estimator = server.estimators[0]
+    params = sum(p.numel() for p in estimator.parameters())
+    assert all(metrics[r]["estimator_params"] == params for r in (1, 2, 3))
+    assert metrics[1]["estimator_bytes"] == 4 * sum(v.numel() for k, v in estimator.state_dict().items() if "num_batches" not in k)
     sent = requests[3][1].tensors["aux_model"]
     assert all(torch.equal(sent[k], v) for k, v in weights_of({"aux": server.estimators[0]}).items())
     # the client holds the aligned weights (its batch-norm statistics moved on while it trained)
