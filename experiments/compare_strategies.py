@@ -48,13 +48,13 @@ TARGETS = (0.5, 0.6, 0.7)
 WORKDIR = Path(__file__).resolve().parents[1] / "results" / NAME  # git-ignored: checkpoints are large
 
 #: Method -> run-config keys of its own. fsl-sage aligns every 5 rounds (an interval of the
-#: paper's ablation; its main runs use 10 of 200 rounds, which would give 3 alignments in 30),
-#: with 10 Adam epochs on a 500-sample buffer instead of the reference's 100 on 1,000: on these
-#: 2 CPU cores one epoch of the resnet-stage estimator's second-order backward took 3.7 s per
-#: 128 buffered samples in the sweep (1,100 s for round 1's three 128-sample alignments), so
-#: the reference's budget would cost hours per alignment round. Both q-methods upload every 5th batch.
+#: paper's ablation; its main runs use 10 of 200 rounds, which would give 2 alignments in 20)
+#: with the reference's budget: 100 Adam epochs on a 1,000-sample buffer. (An earlier attempt
+#: cut it to 10 epochs on 500 samples on a contended timing of 3.7 s per 128 samples per epoch;
+#: measured alone, one epoch on 1,000 samples takes about 2.4 s, so the reference's budget adds
+#: about 12 minutes per alignment round on 2 cores.) Both q-methods upload every 5th batch.
 METHODS: dict[str, dict[str, object]] = {
-    "fsl-sage": {"upload-every": 5, "align-every": 5, "align-epochs": 10, "align-buffer": 500, "aux-head": "resnet-stage"},
+    "fsl-sage": {"upload-every": 5, "align-every": 5, "align-epochs": 100, "align-buffer": 1000, "aux-head": "resnet-stage"},
     "cse-fsl": {"upload-every": 5, "aux-head": "pooled"},
     "dsl": {"aux-head": "pooled"},
     "csl": {},
