@@ -73,18 +73,24 @@ class FSLSAGEClient(DSLClient):
 
 
 @lru_cache(maxsize=4)
-def _aux_model_specs(config: RunConfig) -> tuple[TensorSpec, ...]:
-    """What an aligned auxiliary model sent down must look like (built once per config)."""
+def _reference_aux(config: RunConfig) -> nn.Module:
+    """A freshly built auxiliary model, once per config, read only: what an aligned model sent
+    down is checked against and sized by."""
     with torch.random.fork_rng(devices=[]):
-        return tuple(weight_specs({"aux": build_aux(config)}, kind="aux_model"))
+        return build_aux(config)
+
+
+@lru_cache(maxsize=4)
+def _aux_model_specs(config: RunConfig) -> tuple[TensorSpec, ...]:
+    """What an aligned auxiliary model sent down must look like."""
+    return tuple(weight_specs({"aux": _reference_aux(config)}, kind="aux_model"))
 
 
 @lru_cache(maxsize=4)
 def _estimator_size(config: RunConfig) -> tuple[int, int]:
     """The auxiliary model's trainable parameters, and the tensor bytes of one aligned model sent
     down (parameters and BatchNorm statistics in their own dtypes; the ledger adds headers)."""
-    with torch.random.fork_rng(devices=[]):
-        aux = build_aux(config)
+    aux = _reference_aux(config)
     params = sum(p.numel() for p in aux.parameters())
     return params, sum(v.numel() * v.element_size() for v in module_state(aux).values())
 
