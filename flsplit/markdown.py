@@ -6,7 +6,7 @@ from typing import Any
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """Rows of equal keys as a markdown table, floats to 4 significant digits.
+    """Rows of equal keys as a markdown table, floats to 4 significant digits, ``None`` as "-".
 
     Parameters
     ----------
@@ -32,4 +32,6 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
