@@ -33,10 +33,12 @@ FLOAT = 4  # bytes: float32 on the wire (the comparison's wire-dtype)
 LABEL = 8  # bytes: one int64 label per uploaded sample
 SAMPLES = 50_000  # one epoch of CIFAR-10's training split, over all clients
 CLIENTS = 3
-#: (model, cut) of the comparison here and of the FSL-SAGE paper (``presets/fsl-sage-paper.toml``).
-SETUPS = {"here": ("resnet20", "s"), "paper": ("resnet18", "4")}
 #: Auxiliary head of each method that averages or downloads one (``METHODS`` in the comparison).
 HEADS = {method: str(keys["aux-head"]) for method, keys in METHODS.items() if "aux-head" in keys}
+#: (model, cut, heads) of the comparison here and of the FSL-SAGE paper
+#: (``presets/fsl-sage-paper.toml``), whose CSE-FSL baseline trains and averages the same
+#: ResNet-stage auxiliary model as FSL-SAGE (the reference's ``src/algos/cse_fsl.py``).
+SETUPS = {"here": ("resnet20", "s", HEADS), "paper": ("resnet18", "4", HEADS | {"cse-fsl": "resnet-stage"})}
 ALIGN_EVERY = {"here": int(METHODS["fsl-sage"]["align-every"]), "paper": 10}
 
 
@@ -52,14 +54,14 @@ class Sizes:
     model: int  # the whole network's state (parameters and buffers)
     slice: int  # the client's bottom slice's state
     activation: int  # one sample's cut-layer activations
-    heads: dict[str, int]  # each auxiliary head's state
+    heads: dict[str, int]  # method -> its auxiliary head's state
 
     @classmethod
-    def of(cls, model_name: str, cut: str) -> Sizes:
+    def of(cls, model_name: str, cut: str, heads_by_method: dict[str, str]) -> Sizes:
         model = build_model(model_name)
         blocks = resolve_cut(cut, model_name)
         point = CutPoint.of(model_name, blocks, num_classes=10)
-        heads = {name: state_bytes(build_head(name, point)) for name in set(HEADS.values())}
+        heads = {method: state_bytes(build_head(head, point)) for method, head in heads_by_method.items()}
         return cls(state_bytes(model), state_bytes(model[: blocks + 1]), FLOAT * math.prod(point.shape), heads)
 
 
@@ -80,8 +82,8 @@ def round_bytes(method: str, sizes: Sizes, upload_every: int = 5, align_every: i
         "splitfed-v1": every_sample + SAMPLES * sizes.activation + sync,
         "splitfed-v2": every_sample + SAMPLES * sizes.activation + sync,
         "dsl": every_sample,
-        "cse-fsl": one_in_q + sync + 2 * CLIENTS * sizes.heads.get(HEADS.get("cse-fsl", ""), 0),
-        "fsl-sage": one_in_q + sync + CLIENTS * sizes.heads.get(HEADS.get("fsl-sage", ""), 0) / align_every,
+        "cse-fsl": one_in_q + sync + 2 * CLIENTS * sizes.heads.get("cse-fsl", 0),
+        "fsl-sage": one_in_q + sync + CLIENTS * sizes.heads.get("fsl-sage", 0) / align_every,
     }[method]
 
 

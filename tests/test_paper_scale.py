@@ -19,7 +19,7 @@ def test_fedavg_is_cheapest_here_and_dearer_than_fsl_sage_at_the_papers_model() 
 
 
 def test_formula_terms() -> None:
-    sizes = Sizes(model=1000, slice=100, activation=10, heads={"pooled": 7, "resnet-stage": 50})
+    sizes = Sizes(model=1000, slice=100, activation=10, heads={"cse-fsl": 7, "fsl-sage": 50})
     assert round_bytes("fedavg", sizes) == 2 * CLIENTS * 1000
     assert round_bytes("csl", sizes) - round_bytes("dsl", sizes) == SAMPLES * 10  # the gradients down
     assert round_bytes("cse-fsl", sizes, upload_every=5) == SAMPLES * 18 / 5 + 2 * CLIENTS * (100 + 7)
