@@ -107,11 +107,13 @@ def gap_per_epoch(runs: list[Run], preset: str) -> list[dict[str, Any]]:
     return rows
 
 
-def write_claims(runs: list[Run], out: Path, beside: dict[str, list[Run]] | None = None) -> str:
+def write_claims(runs: list[Run], out: Path, beside: dict[str, list[Run]] | None = None, status: str = "") -> str:
     """Write ``claims.json`` and ``claims.md`` under ``out``; return the markdown.
 
     ``beside`` maps another preset's name to its runs: its per-epoch gaps for the same
     (dataset, N, cut) settings are listed under this preset's, so two scales read side by side.
+    ``status`` (the grid's ``COMPLETE``/``PARTIAL`` line) heads both files, so a partial grid
+    is never read as a finished one.
     """
     rows = compare(runs)
     if not rows:
@@ -121,8 +123,8 @@ def write_claims(runs: list[Run], out: Path, beside: dict[str, list[Run]] | None
     settings = {(r["dataset"], r["N"], r["cut"]) for r in per_epoch}
     for name, other in (beside or {}).items():
         per_epoch += [r for r in gap_per_epoch(other, name) if (r["dataset"], r["N"], r["cut"]) in settings]
-    (out / "claims.json").write_text(json.dumps({"summary": summary, "pairs": rows, "per_epoch": per_epoch}, indent=2))
-    text = "## The paper's claims against our runs\n\n" + markdown_table(summary)
+    (out / "claims.json").write_text(json.dumps({"status": status, "summary": summary, "pairs": rows, "per_epoch": per_epoch}, indent=2))
+    text = (f"{status}\n\n" if status else "") + "## The paper's claims against our runs\n\n" + markdown_table(summary)
     text += "\n## DSL against CSL, per setting\n\n" + markdown_table(rows)
     text += (
         "\n## DSL - CSL after every round (epochs of data seen), and DSL's server against its own auxiliary head\n\n"

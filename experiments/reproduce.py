@@ -29,6 +29,7 @@ from experiments.repro_figures import write_figures
 from experiments.repro_results import load_runs, run_is_complete
 from experiments.tables import RESULTS
 from flsplit.launcher import SuperLink, run_config_text
+from flsplit.results import read_metrics
 
 PRESETS = Path(__file__).resolve().parent / "presets"
 
@@ -66,6 +67,22 @@ def grid_points(grid: dict[str, Any]) -> list[GridPoint]:
         GridPoint(dataset, clients, cut, strategy)
         for dataset, clients, cut, strategy in itertools.product(grid["datasets"], grid["clients"], grid["cuts"], grid["strategies"])
     ]
+
+
+def grid_status(preset: dict[str, Any], out: Path, scratch: Path) -> str:
+    """``COMPLETE.`` or ``PARTIAL: ...`` naming every unfinished run and how far its scratch run got."""
+    rounds = preset["run-config"]["num-server-rounds"]
+    points = grid_points(preset["grid"])
+    missing = []
+    for point in points:
+        if run_is_complete(out / "runs" / point.name, rounds):
+            continue
+        metrics = scratch / point.name / "metrics.jsonl"
+        done = len(read_metrics(metrics)) if metrics.exists() else 0
+        missing.append(f"{point.name} ({done} of {rounds} rounds)")
+    if not missing:
+        return f"COMPLETE: all {len(points)} runs."
+    return f"PARTIAL: {len(points) - len(missing)} of {len(points)} runs finished; not finished: {', '.join(missing)}."
 
 
 def run_config(preset: dict[str, Any], point: GridPoint, data_dir: str, results_dir: Path) -> dict[str, Any]:
@@ -151,10 +168,11 @@ def main() -> None:
     args = parser.parse_args()
     preset = load_preset(args.preset)
     out = Path(args.out) if args.out else RESULTS / f"reproduce-{preset['name']}"
+    scratch = Path(args.scratch).resolve() / preset["name"]
     failed: list[str] = []
     if not args.plot_only:
         data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else ""
-        failed = run_grid(preset, data_dir, out, Path(args.scratch).resolve() / preset["name"], args.timeout_min * 60)
+        failed = run_grid(preset, data_dir, out, scratch, args.timeout_min * 60)
     runs = load_runs(out / "runs")
     if not runs:
         raise SystemExit(f"no finished runs under {out / 'runs'}; run without --plot-only first")
@@ -162,7 +180,7 @@ def main() -> None:
     for path in write_figures(runs, out, title):
         print(f"wrote {path}")
     beside = {name: load_runs(RESULTS / f"reproduce-{name}" / "runs") for name in preset.get("report", {}).get("beside", [])}
-    print(write_claims(runs, out, beside))
+    print(write_claims(runs, out, beside, status=grid_status(preset, out, scratch)))
     if failed:
         raise SystemExit(f"{len(failed)} run(s) failed: {', '.join(failed)}; run the same command again to retry them")
 

@@ -98,6 +98,26 @@ def test_a_run_counts_as_done_only_with_all_its_rounds(finished_grid: Path) -> N
     assert not run_is_complete(finished_grid / "runs" / "missing", 1)
 
 
+def test_grid_status_names_every_unfinished_run_and_its_scratch_progress(finished_grid: Path, tmp_path: Path) -> None:
+    # Prepare
+    preset = {"grid": {"strategies": ["csl", "dsl"], "cuts": ["s"], "clients": [1, 5], "datasets": ["cifar10"]}, "run-config": {"num-server-rounds": ROUNDS}}
+    scratch = tmp_path / "scratch"
+    complete = reproduce.grid_status(preset, finished_grid, scratch)
+    for name in ("cifar10-n5-cuts-csl", "cifar10-n5-cuts-dsl"):
+        (finished_grid / "runs" / name / "metrics.jsonl").unlink()
+    in_progress = scratch / "cifar10-n5-cuts-csl"
+    in_progress.mkdir(parents=True)
+    (in_progress / "metrics.jsonl").write_text('{"round": 1}\n{"round": 2}\n')
+    # Execute
+    partial = reproduce.grid_status(preset, finished_grid, scratch)
+    # Assert
+    assert complete == "COMPLETE: all 4 runs."
+    assert partial == (
+        "PARTIAL: 2 of 4 runs finished; not finished: "
+        f"cifar10-n5-cuts-csl (2 of {ROUNDS} rounds), cifar10-n5-cuts-dsl (0 of {ROUNDS} rounds)."
+    )
+
+
 def test_claims_compare_dsl_with_csl_from_the_recorded_numbers(finished_grid: Path) -> None:
     # Prepare
     runs = load_runs(finished_grid / "runs")
@@ -151,6 +171,8 @@ def test_plot_only_draws_four_figures_and_the_claims_without_training(finished_g
     assert all((finished_grid / p).stat().st_size > 20_000 for p in pngs)
     claims = json.loads((finished_grid / "claims.json").read_text())
     assert {c["claim"] for c in claims["summary"]} >= {"accuracy_gap_pts", "comm_ratio", "time_ratio"}
+    assert claims["status"].startswith("PARTIAL: ")  # the fixture holds 8 short runs of the cpu preset's 18
+    assert (finished_grid / "claims.md").read_text().startswith(claims["status"] + "\n")
 
 
 def test_write_figures_makes_one_file_per_figure_and_dataset(finished_grid: Path, tmp_path: Path) -> None:
