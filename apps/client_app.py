@@ -162,7 +162,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     if not request.info.get("evaluate", True):
         return Message(encode(Packet(info={"done": True})), reply_to=msg)
     chunk = _evaluate_chunk(context, config, client, int(request.info["offset"]))  # type: ignore[arg-type]
-    return Message(encode(chunk, config.wire_dtype), reply_to=msg)
+    return Message(encode(chunk, config.eval_wire), reply_to=msg)
 
 
 def _evaluate_chunk(context: Context, config: RunConfig, client: ClientSlice, offset: int) -> Packet:
@@ -170,7 +170,7 @@ def _evaluate_chunk(context: Context, config: RunConfig, client: ClientSlice, of
     data = client_dataset(context, config)
     order = eval_indices(data, config.eval_samples)
     c, h, w = activation_shape(config)
-    per_message = max(1, int(config.chunk_mb * MiB) // (c * h * w * part_dtypes(config.wire_dtype)[""].itemsize))
+    per_message = max(1, int(config.chunk_mb * MiB) // (c * h * w * part_dtypes(config.eval_wire)[""].itemsize))
     chosen = order[offset : offset + per_message]
     zs, ys = [], []
     aux_correct, aux_loss_sum = 0, 0.0

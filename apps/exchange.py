@@ -69,10 +69,12 @@ class Exchange:
         poll_s: float = 0.002,
         timeout_s: float = 600.0,
         wire_dtype: str = "fp32",
+        eval_wire_dtype: str = "",
         busy_clock: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.grid, self.ledger, self.client_index = grid, ledger, client_index
         self.poll_s, self.timeout_s, self.wire_dtype = poll_s, timeout_s, wire_dtype
+        self.eval_wire_dtype = eval_wire_dtype or wire_dtype  # test-split activations (``eval-wire-dtype``)
         self.busy_clock = busy_clock  # seconds the server has spent computing so far
         self._in_flight: dict[str, tuple[int, float, MessageKind, float]] = {}  # id -> node, sent, kind, busy
         self._arrived: dict[int, tuple[Message, float, MessageKind, float]] = {}
@@ -139,7 +141,8 @@ class Exchange:
             return Reply(node_id, message, None, reason, round_trip, busy)
         self.ledger.count(self.client_index[node_id], "up", message.content, kind.phase)
         try:
-            packet = decode(message.content, specs if message.content.array_records else [], same_batch, self.wire_dtype)
+            dtype = self.eval_wire_dtype if kind is MessageKind.EVALUATE else self.wire_dtype
+            packet = decode(message.content, specs if message.content.array_records else [], same_batch, dtype)
         except PayloadError as err:
             return Reply(node_id, message, None, f"bad payload: {err}", round_trip, busy)
         return Reply(node_id, message, packet, None, round_trip, busy)

@@ -316,10 +316,12 @@ class RoundDriver:
         Every reachable client gets one evaluate message per round, which carries the
         aggregated weights (if any) and tells it to checkpoint its slice as of this round.
         With aggregated slices every client holds the same weights, so only the first one
-        runs the test split.
+        runs the test split; in a round that ``eval-every`` skips, none does, and the test
+        metrics are ``None``.
         """
         reachable = [c for c in self.clients if c.partition_id not in stats.failures]
-        evaluators = reachable[:1] if weights is not None else reachable
+        scores = self.config.scores_round(round_number)
+        evaluators = (reachable[:1] if weights is not None else reachable) if scores else []
         for client in reachable:
             info = {"offset": 0, "evaluate": client in evaluators, "checkpoint_round": round_number}
             self.exchange.send(client.node_id, MessageKind.EVALUATE, Packet({"weights": weights} if weights is not None else {}, info))
@@ -330,6 +332,8 @@ class RoundDriver:
             if scored is not None:
                 results.append(scored)
         self.server.top.train()
+        if not scores:
+            return {"test_accuracy": None, "test_loss": None, "aux_accuracy": None}
         if not results:
             return {"test_accuracy": float("nan"), "test_loss": float("nan"), "aux_accuracy": None}
         return {
@@ -368,9 +372,11 @@ class RoundDriver:
 def round_line(metrics: dict[str, Any], total_rounds: int) -> str:
     """The one log line per round: accuracy, losses, traffic and time."""
     failed = f" failed={metrics['failed_clients']}" if metrics["failed_clients"] else ""
+    scored = "not scored (eval-every)" if metrics["test_accuracy"] is None else (
+        f"test_acc={metrics['test_accuracy']:.4f} test_loss={metrics['test_loss']:.4f}"
+    )
     return (
-        f"round {metrics['round']}/{total_rounds}: test_acc={metrics['test_accuracy']:.4f} "
-        f"test_loss={metrics['test_loss']:.4f} train_loss={metrics['train_loss']:.4f} "
+        f"round {metrics['round']}/{total_rounds}: {scored} train_loss={metrics['train_loss']:.4f} "
         f"up={metrics['bytes_up'] / MiB:.1f}MiB down={metrics['bytes_down'] / MiB:.1f}MiB "
         f"train {metrics['round_s']:.1f}s eval {metrics['eval_s']:.1f}s{failed}"
     )

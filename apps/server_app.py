@@ -56,7 +56,7 @@ def main(grid: Grid, context: Context) -> None:
     node_ids = _wait_for_nodes(grid, config)
     index = {n: i for i, n in enumerate(node_ids)}
     busy = lambda: server.watch.total  # noqa: E731 - the server's compute so far, for comm_s
-    with Exchange(grid, ledger, index, timeout_s=config.message_timeout, wire_dtype=config.wire_dtype, busy_clock=busy) as exchange:
+    with Exchange(grid, ledger, index, timeout_s=config.message_timeout, wire_dtype=config.wire_dtype, eval_wire_dtype=config.eval_wire, busy_clock=busy) as exchange:
         setup = {"clients_dir": str(writer.dir / "clients")} | ({"restore_round": first_round - 1} if restored else {})
         clients = rounds.hello(exchange, node_ids, setup)
         if not restored:

@@ -59,12 +59,14 @@ class RunConfig(BaseModel):
     run_name: str = ""
     max_batches: int = Field(40, ge=0)  # 0: every batch of the partition, local-epochs times
     eval_samples: int = Field(2000, ge=0)  # 0: the whole test split
+    eval_every: int = Field(1, ge=1)  # score the test split after every N-th round; the last always
     chunk_mb: float = Field(64.0, gt=0)
     min_clients: int = Field(1, ge=1)
     message_timeout: float = Field(600.0, gt=0)
     resume: bool = False
     tensorboard: bool = False
     wire_dtype: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    eval_wire_dtype: Literal["", "fp32", "fp16", "bf16", "int8"] = ""  # empty: wire-dtype
     memory_probe: int = Field(3, ge=0)
     client_cache: int = Field(8, ge=0)
     aggregation: str = "FedAvg"
@@ -155,6 +157,16 @@ class RunConfig(BaseModel):
     def server_device_name(self) -> str:
         """The device the ServerApp resolves: ``server-device``, or ``device`` when it is empty."""
         return self.server_device or self.device
+
+    @property
+    def eval_wire(self) -> str:
+        """How test-split activations travel: ``eval-wire-dtype``, or ``wire-dtype`` when it is empty."""
+        return self.eval_wire_dtype or self.wire_dtype
+
+    def scores_round(self, round_number: int) -> bool:
+        """Whether the test split is scored after ``round_number``: every ``eval-every``-th round and
+        always the last, so a run's final accuracy is measured whatever the interval."""
+        return round_number % self.eval_every == 0 or round_number == self.num_server_rounds
 
     @property
     def cut_blocks(self) -> int:

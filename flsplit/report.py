@@ -43,9 +43,14 @@ class Run:
         return [int(m["round"]) for m in self.rounds]
 
     @property
-    def test_accuracy(self) -> list[float]:
-        """Test accuracy after every round, as a fraction."""
-        return [float(m["test_accuracy"]) for m in self.rounds]
+    def test_accuracy(self) -> list[float | None]:
+        """Test accuracy after every round, as a fraction; ``None`` where ``eval-every`` skipped it."""
+        return [None if m["test_accuracy"] is None else float(m["test_accuracy"]) for m in self.rounds]
+
+    @property
+    def scored_accuracy(self) -> list[float]:
+        """The test accuracies of the rounds that were scored, in round order."""
+        return [a for a in self.test_accuracy if a is not None]
 
     @property
     def cumulative_gb(self) -> list[float]:
@@ -100,8 +105,8 @@ def summary(run: Run) -> dict[str, Any]:
         "run": run.name,
         "strategy": run.strategy,
         "rounds": len(run.rounds),
-        "final test acc. (%)": round(100 * run.test_accuracy[-1], 2),
-        "best test acc. (%)": round(100 * max(run.test_accuracy), 2),
+        "final test acc. (%)": round(100 * run.scored_accuracy[-1], 2),
+        "best test acc. (%)": round(100 * max(run.scored_accuracy), 2),
         "total comm. (GB)": round(run.cumulative_gb[-1], 4),
         "wall clock (s)": round(run.cumulative_s[-1], 1),
     }
@@ -118,7 +123,8 @@ def plot(runs: list[Run], path: Path) -> None:
     ]
     for ax, (label, xs, scale) in zip(axes, panels):
         for run in runs:
-            ax.plot(xs(run), [100 * a for a in run.test_accuracy], marker="o", label=f"{run.name} ({run.strategy})")
+            scored = [(x, 100 * a) for x, a in zip(xs(run), run.test_accuracy) if a is not None]
+            ax.plot(*zip(*scored), marker="o", label=f"{run.name} ({run.strategy})")
         ax.set_xscale(scale)
         if scale == "log":  # plain numbers (0.5, 1, 2, 5) instead of powers of ten
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
