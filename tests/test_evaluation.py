@@ -9,6 +9,7 @@ import pytest
 
 from flsplit.config import ConfigError, RunConfig, parse_run_config
 from tests.in_process_grid import run_server_app
+from apps.server_app import changed_keys
 
 TINY = {
     "dataset": "synthetic", "model": "resnet20", "strategy": "dsl", "num-server-rounds": 3, "max-batches": 2,
@@ -32,6 +33,14 @@ def test_eval_wire_dtype_defaults_to_the_runs_wire_dtype_and_a_bad_one_names_the
         parse_run_config({"eval-wire-dtype": "fp8"})
     with pytest.raises(ConfigError, match="eval-every"):
         parse_run_config({"eval-every": 0})
+
+
+def test_a_resumed_run_may_change_eval_every_but_not_eval_wire_dtype() -> None:
+    # Prepare
+    saved = RunConfig().as_run_config()
+    # Execute / Assert: which rounds are scored leaves the scores of the others as they were
+    assert changed_keys(RunConfig(**{"eval-every": 5}), saved) == []
+    assert changed_keys(RunConfig(**{"eval-wire-dtype": "bf16"}), saved) == ["eval-wire-dtype"]
 
 
 @pytest.mark.usefixtures("task_identity")
