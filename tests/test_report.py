@@ -13,7 +13,7 @@ from flsplit.results import ResultsWriter
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _write_run(results: Path, name: str, strategy: str, accuracies: list[float], up: float, down: float) -> Path:
+def _write_run(results: Path, name: str, strategy: str, accuracies: list[float | None], up: float, down: float) -> Path:
     """A run folder as the ServerApp writes it, through the same writer."""
     writer = ResultsWriter(str(results), name)
     writer.write_config({"strategy": strategy, "model": "resnet20", "num-server-rounds": len(accuracies)})
@@ -23,7 +23,7 @@ def _write_run(results: Path, name: str, strategy: str, accuracies: list[float],
                 "round": r,
                 "strategy": strategy,
                 "test_accuracy": accuracy,
-                "test_loss": 2.0 - accuracy,
+                "test_loss": None if accuracy is None else 2.0 - accuracy,
                 "aux_accuracy": None,
                 "bytes_up": up,
                 "bytes_down": down,
@@ -58,6 +58,18 @@ def test_compare_writes_a_plot_and_a_table_with_each_runs_totals(tmp_path: Path)
     # strategy, rounds, final %, best %, GB (3 rounds x (up + down)), wall clock (3 x (10 + 2) s)
     assert rows["csl-run"] == ["csl", "3", "30", "35", "3", "36"]
     assert rows["dsl-run"] == ["dsl", "3", "40", "40", "1.5", "36"]
+
+
+def test_rounds_that_eval_every_skipped_are_left_out_of_the_scores_and_the_plot(tmp_path: Path) -> None:
+    # Prepare: eval-every 2 over 3 rounds scores rounds 2 and 3
+    results = tmp_path / "results"
+    _write_run(results, "skipping", "dsl", [None, 0.35, 0.30], up=0.5e9, down=0.0)
+    output = tmp_path / "report"
+    # Execute
+    status = cli.main(["compare", str(results), "--output", str(output)])
+    # Assert: final and best come from the scored rounds; traffic and time count every round
+    assert status == 0 and (output / report.PLOT).stat().st_size > 10_000
+    assert _table_rows((output / report.TABLE).read_text())["skipping"] == ["dsl", "3", "30", "35", "1.5", "36"]
 
 
 def test_run_folders_and_folders_of_runs_can_be_mixed(tmp_path: Path) -> None:
