@@ -90,13 +90,14 @@ def main() -> None:
     data_dir = str(Path(args.data_dir).resolve())
     rows = []
     with tempfile.TemporaryDirectory() as tmp, SuperLink(Path(tmp) / "home") as link:
-        for i, (name, keys) in enumerate(variants(args.every).items(), start=1):
+        runs = variants(args.every)
+        for i, (name, keys) in enumerate(runs.items(), start=1):
             config = run_config(name, keys, data_dir, args.rounds, tmp)
             done = link.run(run_config_text(config), timeout_s=3600, num_supernodes=CLIENTS)
             if done.returncode != 0:
                 raise SystemExit(done.stdout[-3000:] + done.stderr[-3000:])
             rows.append(summarise(name, read_metrics(Path(tmp) / name / "metrics.jsonl")))
-            print(f"[{i}/3] {rows[-1]}", flush=True)
+            print(f"[{i}/{len(runs)}] {rows[-1]}", flush=True)
     facts = {"strategy": "dsl", "clients": CLIENTS, "batches per client per round": 40, "test images": 10_000}
     print(write_results("eval_cost", compare(rows), facts))
 

@@ -21,7 +21,7 @@ import torch
 from experiments.tables import write_results
 from flsplit import checkpoint
 from flsplit.compression import compress, decompress
-from flsplit.config import RunConfig
+from flsplit.config import RunConfig, run_config_keys
 from flsplit.data import eval_indices, load_dataset, test_tensors
 from flsplit.split import build_halves
 from flsplit.wire import load_weights
@@ -34,7 +34,7 @@ BATCH = 500
 def trained_halves(run: Path, partition: int, data_dir: str) -> tuple[RunConfig, torch.nn.Module, torch.nn.Module, int]:
     """``(config, bottom, top, round)``: the run's last checkpointed round, rebuilt."""
     saved = json.loads((run / "config.json").read_text())
-    keys = {name.replace("_", "-") for name in RunConfig.model_fields}  # config.json also holds run facts
+    keys = run_config_keys()  # config.json also holds run facts
     config = parse_config({k: v for k, v in saved.items() if k in keys} | {"data-dir": data_dir})
     server = checkpoint.load(run / "checkpoint.pt")
     round_number = int(server["round"])

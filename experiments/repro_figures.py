@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -29,10 +30,16 @@ def _axes(rows: int, cols: int, width: float = 4.2, height: float = 3.2, sharey:
     return fig, axes
 
 
+def _title(fig: plt.Figure, title: str) -> None:
+    """The figure's title, each line wrapped to the figure's width (one column is narrower)."""
+    width = int(fig.get_figwidth() * 11)  # characters of a 12 pt title per inch, about
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.splitlines()))
+
+
 def _legend_below(fig: plt.Figure, ax: plt.Axes, title: str, ncol: int) -> None:
     """One legend under the panels, so that it never hides a bar."""
     fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=ncol, fontsize=8, frameon=False)
-    fig.suptitle(title)
+    _title(fig, title)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
 
 
@@ -66,7 +73,7 @@ def fig4_accuracy(runs: list[Run], title: str) -> plt.Figure:
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle(f"Fig. 4: test accuracy, CSL vs DSL\n{title}")
+    _title(fig, f"Fig. 4: test accuracy, CSL vs DSL\n{title}")
     fig.tight_layout()
     return fig
 
@@ -114,7 +121,7 @@ def fig6_memory(runs: list[Run], title: str) -> plt.Figure:
             ax.set_ylabel(f"{party} peak memory (MiB)")
             ax.grid(axis="y", alpha=0.3)
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"Fig. 6: peak training memory per party (allocator high-water mark, see docs/outputs.md)\n{title}")
+    _title(fig, f"Fig. 6: peak training memory per party (allocator high-water mark, see docs/outputs.md)\n{title}")
     fig.tight_layout()
     return fig
 

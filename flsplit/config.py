@@ -236,7 +236,7 @@ def parse_run_config(
     models = {name: model for name, model in strategies.items() if model} if isinstance(strategies, Mapping) else {}
     context = {"strategies": set(strategies)} if strategies is not None else None
     owned = {key for model in models.values() for key in model.keys()}
-    unread = set(declared) - _valid_keys() - owned
+    unread = set(declared) - run_config_keys() - owned
     raw = {k: v for k, v in raw.items() if k not in unread}
     problems = ["  - params: unknown key; a strategy's settings are keys of their own"] if "params" in raw else []
     config = _validate(RunConfig, {k: v for k, v in raw.items() if k not in owned}, context, problems, owned)
@@ -257,15 +257,16 @@ def _validate(model: type[BaseModel], raw: dict[str, Any], context: dict | None,
             key = ".".join(str(part) for part in problem["loc"])
             message = problem["msg"].removeprefix("Value error, ")
             if problem["type"] == "extra_forbidden":
-                message = f"unknown key; valid keys are {sorted(_valid_keys() | owned)}"
+                message = f"unknown key; valid keys are {sorted(run_config_keys() | owned)}"
             elif "input" in problem and not isinstance(problem["input"], dict):
                 message = f"{message} (got {problem['input']!r})"
             problems.append(f"  - {key}: {message}" if key else f"  - {message}")  # a whole-model check names its keys
         return None
 
 
-def _valid_keys() -> set[str]:
+def run_config_keys() -> set[str]:
+    """The run-config keys of ``RunConfig`` (kebab-case), without any strategy's own."""
     return {_kebab(name) for name, field in RunConfig.model_fields.items() if not field.exclude}
 
 
-__all__ = ["ConfigError", "RunConfig", "StrategyParams", "parse_run_config"]
+__all__ = ["ConfigError", "RunConfig", "StrategyParams", "parse_run_config", "run_config_keys"]
