@@ -1,4 +1,4 @@
-"""Shorter first retry when a pulled message's objects have not all arrived: a patch of flwr 1.41.
+"""Shorter first retry when a pulled message's objects have not all arrived: a patch of flwr 1.41 and 1.42.
 
 Flower stores a message before its objects (the arrays, in 5 MiB pieces), so a reader that
 pulls a message as soon as it is listed often finds an object not there yet, and then
@@ -9,7 +9,8 @@ patch starts the retries at ``FLSPLIT_PULL_BACKOFF_S`` (default 0.02 s; Flower's
 10 s cap stay) where flsplit's processes pull: the ServerApp pulling replies
 (``HttpGrid.pull_messages``), the SuperNode pulling a message from the SuperLink, and the
 ClientApp pulling it from the SuperNode (``run_clientapp``, in the warm SuperExec's children).
-It refuses to apply to any other flwr version or if those call sites changed.
+``apply`` raises ``FlowerChangedError`` on any other flwr version or if those call sites
+changed; every caller then warns and steps aside (``flsplit.flwr_internals.step_aside``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ import inspect
 import os
 from collections.abc import Callable
 
-import flwr
 from flwr.supercore import constant
 
-from apps.fast_supernode import SUPPORTED_VERSIONS, FlowerChangedError
+from flsplit.flwr_internals import FlowerChangedError, check_version
 
 BACKOFF_ENV = "FLSPLIT_PULL_BACKOFF_S"
 DEFAULT_BACKOFF_S = 0.02
@@ -38,8 +38,7 @@ CALL_SITES = {
 
 def check_supported() -> None:
     """Raise ``FlowerChangedError`` unless every call site pulls with Flower's 1 s default."""
-    if not flwr.__version__.startswith(SUPPORTED_VERSIONS):
-        raise FlowerChangedError(f"apps.fast_pull supports flwr {SUPPORTED_VERSIONS}, found {flwr.__version__}")
+    check_version("apps.fast_pull")
     if constant.PULL_INITIAL_BACKOFF != FLWR_INITIAL_BACKOFF_S:
         raise FlowerChangedError(f"flwr's PULL_INITIAL_BACKOFF is {constant.PULL_INITIAL_BACKOFF}, expected {FLWR_INITIAL_BACKOFF_S}")
     for module_name, name in CALL_SITES.items():

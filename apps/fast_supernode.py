@@ -1,4 +1,4 @@
-"""Launch ``flower-supernode`` with short polls: a version-guarded patch of flwr 1.41.
+"""Launch ``flower-supernode`` with short polls: a version-guarded patch of flwr 1.41 and 1.42.
 
 An idle SuperNode sleeps 3 s whenever its pull finds no message, and after handing a message
 to its ClientApp it checks for the reply every 0.5 s, so in flwr 1.41 every round trip
@@ -13,7 +13,8 @@ Nothing changes unless you start SuperNodes with this module:
 
     python -m apps.fast_supernode --superlink HOST:PORT --node-config "..." [flower-supernode args]
 
-The patch refuses to apply to any other flwr version, or if the loop it patches has changed.
+On any other flwr version, or if the loop it patches has changed, it warns and starts the
+SuperNode unpatched.
 """
 
 from __future__ import annotations
@@ -24,19 +25,13 @@ import os
 import time
 from types import ModuleType
 
-import flwr
-
 from flsplit import trace
+from flsplit.flwr_internals import FlowerChangedError, check_version, step_aside
 
-SUPPORTED_VERSIONS = ("1.41.",)
 IDLE_SLEEP_SOURCE = "time.sleep(3)"
 FLWR_IDLE_SLEEP_S = 3
 REPLY_POLL_SOURCE = "time.sleep(0.5)"  # twice in _push_messages: the reply, then its content
 FLWR_REPLY_POLL_S = 0.5
-
-
-class FlowerChangedError(RuntimeError):
-    """The installed flwr is not the one this patch was written against."""
 
 
 class _ShortIdleSleep:
@@ -60,8 +55,7 @@ def _target() -> ModuleType:
 
 def check_supported() -> None:
     """Raise ``FlowerChangedError`` unless the installed flwr has the loop this patch expects."""
-    if not flwr.__version__.startswith(SUPPORTED_VERSIONS):
-        raise FlowerChangedError(f"apps.fast_supernode supports flwr {SUPPORTED_VERSIONS}, found {flwr.__version__}")
+    check_version("apps.fast_supernode")
     source = inspect.getsource(_target().start_client_internal)
     if source.count(IDLE_SLEEP_SOURCE) != 1 or "import time" not in inspect.getsource(_target()):
         raise FlowerChangedError("flwr's SuperNode loop changed: its single 'time.sleep(3)' idle wait is gone")
@@ -83,11 +77,17 @@ def _stamp_log_lines(directory: str) -> None:
 
 
 def main() -> None:
-    """Apply the patch, then run ``flower-supernode`` with the given arguments."""
-    from apps import fast_pull  # noqa: PLC0415 - it imports this module's version guard
+    """Apply the patches (or warn and step aside), then run ``flower-supernode`` with the given arguments."""
+    from apps import fast_pull  # noqa: PLC0415 - it imports this module
 
-    apply(float(os.environ.get("FLSPLIT_SUPERNODE_IDLE_S", "0.25")), float(os.environ.get("FLSPLIT_SUPERNODE_REPLY_POLL_S", "0.05")))
-    fast_pull.apply()  # the SuperNode's pull of each message from the SuperLink
+    try:
+        apply(float(os.environ.get("FLSPLIT_SUPERNODE_IDLE_S", "0.25")), float(os.environ.get("FLSPLIT_SUPERNODE_REPLY_POLL_S", "0.05")))
+    except FlowerChangedError as err:
+        step_aside("apps.fast_supernode's short polls", err)
+    try:
+        fast_pull.apply()  # the SuperNode's pull of each message from the SuperLink
+    except FlowerChangedError as err:
+        step_aside("apps.fast_pull's short first retry", err)
     if trace.enabled():
         _stamp_log_lines(os.environ[trace.TRACE_ENV])
     os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")

@@ -1,4 +1,4 @@
-"""Two changes to Flower's simulation runtime (flwr 1.41): one on by default, one opt-in.
+"""Two changes to Flower's simulation runtime (flwr 1.41, 1.42): one on by default, one opt-in.
 
 1. **Pickup on push (default).** The runtime's extractor thread
    (``vce_api.add_messages_to_queue``) asks the LinkState for each node's next message, then
@@ -20,7 +20,8 @@ loads the ClientApp in its main thread first, so ``apps/client_app.py`` calls
 ``wake_pickup_on_push`` on import; it does nothing in any other process (a Ray worker, a
 deployed ClientApp), where the runtime module was never imported. ``FLSPLIT_SIMULATION_PICKUP
 = poll`` keeps Flower's loop (both variables are read in the environment of the SuperLink that
-runs the simulation). The pickup refuses other flwr versions or a changed loop, loudly.
+runs the simulation). On another flwr version or a changed loop the pickup warns and steps aside
+(``flsplit.flwr_internals.step_aside``): Flower's own 0.1 s loop then runs.
 """
 
 from __future__ import annotations
@@ -34,9 +35,8 @@ from queue import Queue
 from types import ModuleType
 from typing import Any
 
-import flwr
+from flsplit.flwr_internals import FlowerChangedError, check_version, step_aside
 
-SUPPORTED_VERSIONS = ("1.41.",)
 RUNTIME_MODULE = "flwr.server.superlink.fleet.vce.vce_api"
 POLL_SOURCE = "f_stop.wait(0.1)"
 PICKUP_ENV = "FLSPLIT_SIMULATION_PICKUP"
@@ -44,10 +44,6 @@ PRIORITY_ENV = "FLSPLIT_SERVER_PRIORITY"
 #: Ray's default ``worker_niceness``; ``RAY_worker_niceness`` overrides it.
 RAY_DEFAULT_WORKER_NICENESS = 15
 FALLBACK_POLL_S = 0.1
-
-
-class FlowerChangedError(RuntimeError):
-    """The installed flwr is not the one these fixes were written against."""
 
 
 def _runtime() -> ModuleType:
@@ -58,8 +54,7 @@ def _runtime() -> ModuleType:
 
 def check_supported() -> None:
     """Raise ``FlowerChangedError`` unless flwr has the extractor loop this module replaces."""
-    if not flwr.__version__.startswith(SUPPORTED_VERSIONS):
-        raise FlowerChangedError(f"apps.simulation_runtime supports flwr {SUPPORTED_VERSIONS}, found {flwr.__version__}")
+    check_version("apps.simulation_runtime")
     runtime = _runtime()
     loop = inspect.getsource(runtime.add_messages_to_queue)
     if POLL_SOURCE not in loop or "target=add_messages_to_queue" not in inspect.getsource(runtime.run_api):
@@ -100,11 +95,15 @@ def wake_pickup_on_push() -> bool:
     """Install ``add_messages_on_push`` in the simulation runtime, if this process runs one.
 
     Returns whether it is installed. No-op where the runtime is not loaded or
-    ``FLSPLIT_SIMULATION_PICKUP=poll``.
+    ``FLSPLIT_SIMULATION_PICKUP=poll``; on a flwr it was not written for it warns and steps aside.
     """
     if not in_simulation_runtime() or os.environ.get(PICKUP_ENV, "push") == "poll":
         return False
-    check_supported()
+    try:
+        check_supported()
+    except FlowerChangedError as err:
+        step_aside("apps.simulation_runtime's pickup on push", err)
+        return False
     _runtime().add_messages_to_queue = add_messages_on_push
     return True
 

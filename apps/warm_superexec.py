@@ -1,4 +1,4 @@
-"""``flower-superexec`` whose ClientApp tasks fork from a warm process: a version-guarded seam of flwr 1.41.
+"""``flower-superexec`` whose ClientApp tasks fork from a warm process: a version-guarded seam of flwr 1.41 and 1.42.
 
 flwr 1.41's SuperExec starts every ClientApp task as a new ``flwr-clientapp`` process (its
 ``SubprocessExecutor``), which imports flwr, torch and flsplit again for every message. This
@@ -24,8 +24,8 @@ The fork server is forked before Flower starts a thread or opens a connection, a
 initialises CUDA: CUDA cannot survive a fork, so it refuses to serve if a preloaded module did
 (``PYTORCH_NVML_BASED_CUDA_CHECK=1`` keeps ``torch.cuda.is_available()`` from doing so). On a
 GPU node each child therefore creates its own CUDA context, as a fresh process would; the fork
-server saves the imports, not that. The patch refuses any other flwr version, or an executor
-seam or ``run_clientapp`` that changed.
+server saves the imports, not that. On any other flwr version, or an executor seam or
+``run_clientapp`` that changed, it warns and runs Flower's own SuperExec.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-import flwr
 from flwr.common.constant import FAB_HASH_TRUNCATION
 from flwr.supercore.constant import ExecutorType, TaskType
 from flwr.supercore.superexec import run_superexec as superexec_loop
@@ -48,8 +47,8 @@ from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResult, Subpr
 from flwr.supercore.utils import get_flwr_home
 from flwr.supernode.runtime.run_clientapp import run_clientapp
 
+from flsplit.flwr_internals import FlowerChangedError, check_version, step_aside
 from apps import fast_pull
-from apps.fast_supernode import SUPPORTED_VERSIONS, FlowerChangedError
 
 PRELOAD_ENV = "FLSPLIT_WARM_PRELOAD"
 DEFAULT_PRELOAD = "apps.client_app"
@@ -61,8 +60,7 @@ EXECUTOR_SEAM_SOURCE = "executor = get_executor("
 
 def check_supported() -> None:
     """Raise ``FlowerChangedError`` unless flwr has the executor seam and ``run_clientapp`` this uses."""
-    if not flwr.__version__.startswith(SUPPORTED_VERSIONS):
-        raise FlowerChangedError(f"apps.warm_superexec supports flwr {SUPPORTED_VERSIONS}, found {flwr.__version__}")
+    check_version("apps.warm_superexec")
     if EXECUTOR_SEAM_SOURCE not in inspect.getsource(superexec_loop.run_superexec) or not callable(getattr(superexec_loop, "get_executor", None)):
         raise FlowerChangedError("flwr's SuperExec changed: run_superexec no longer builds its executor with get_executor")
     parameters = tuple(inspect.signature(run_clientapp).parameters)
@@ -229,12 +227,20 @@ def install(server: ForkServer) -> None:
 
 
 def main() -> None:
-    """Start the fork server, then run ``flower-superexec`` with the given arguments."""
-    check_supported()
-    names = [name.strip() for name in os.environ.get(PRELOAD_ENV, DEFAULT_PRELOAD).split(",") if name.strip()]
+    """Start the fork server, then run ``flower-superexec`` with the given arguments.
+
+    On a flwr this seam was not written for it warns and runs Flower's own SuperExec (a new
+    process per task).
+    """
     os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
-    fast_pull.apply()  # inherited by every forked task: its pull of the message from the SuperNode
-    install(ForkServer(names))
+    try:
+        check_supported()
+    except FlowerChangedError as err:
+        step_aside("apps.warm_superexec's warm ClientApp tasks", err)
+    else:
+        names = [name.strip() for name in os.environ.get(PRELOAD_ENV, DEFAULT_PRELOAD).split(",") if name.strip()]
+        fast_pull.apply()  # inherited by every forked task: its pull of the message from the SuperNode
+        install(ForkServer(names))
     from flwr.supercore.cli import flower_superexec  # noqa: PLC0415
 
     flower_superexec()

@@ -3,6 +3,7 @@
 import functools
 import importlib
 
+import flwr
 import pytest
 from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
 
@@ -52,9 +53,9 @@ def test_a_patched_pull_still_retries_an_object_that_was_not_there_yet(call_site
     assert pulled == {"a": b"content"} and asked == ["a", "a"]
 
 
-@pytest.mark.parametrize("version", ["1.40.2", "1.42.0"])
+@pytest.mark.parametrize("version", ["1.40.2", "1.43.0", "2.0.0"])
 def test_patch_refuses_other_flower_versions(monkeypatch: pytest.MonkeyPatch, version: str) -> None:
-    monkeypatch.setattr(fast_pull.flwr, "__version__", version)
+    monkeypatch.setattr(flwr, "__version__", version)
     with pytest.raises(fast_pull.FlowerChangedError, match=version):
         fast_pull.apply()
 

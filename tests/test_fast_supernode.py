@@ -1,5 +1,6 @@
 """The SuperNode idle-wait patch: it must match the installed flwr, or fail loudly."""
 
+import flwr
 import pytest
 
 from apps import fast_supernode
@@ -26,9 +27,9 @@ def test_patch_shortens_the_idle_wait_and_reply_poll_and_nothing_else(monkeypatc
     assert target.time.monotonic is fast_supernode.time.monotonic
 
 
-@pytest.mark.parametrize("version", ["1.40.2", "1.42.0", "2.0.0"])
+@pytest.mark.parametrize("version", ["1.40.2", "1.43.0", "2.0.0"])
 def test_patch_refuses_other_flower_versions(monkeypatch: pytest.MonkeyPatch, version: str) -> None:
-    monkeypatch.setattr(fast_supernode.flwr, "__version__", version)
+    monkeypatch.setattr(flwr, "__version__", version)
     with pytest.raises(fast_supernode.FlowerChangedError, match=version):
         fast_supernode.apply(0.02)
 

@@ -1,9 +1,12 @@
-"""The simulation-runtime fixes: pickup on push and equal priority; they fail loudly on a changed flwr."""
+"""The simulation-runtime fixes: pickup on push and equal priority; on a changed flwr they warn and step aside."""
 
 import os
+import subprocess
+import sys
 import threading
 from queue import Queue
 
+import flwr
 import pytest
 
 from apps import simulation_runtime
@@ -33,11 +36,37 @@ def test_installed_flower_still_has_the_extractor_loop_the_fix_replaces() -> Non
     simulation_runtime.check_supported()
 
 
-@pytest.mark.parametrize("version", ["1.40.2", "1.42.0"])
+@pytest.mark.parametrize("version", ["1.40.2", "1.43.0", "2.0.0"])
 def test_fix_refuses_other_flower_versions(monkeypatch: pytest.MonkeyPatch, version: str) -> None:
-    monkeypatch.setattr(simulation_runtime.flwr, "__version__", version)
+    monkeypatch.setattr(flwr, "__version__", version)
     with pytest.raises(simulation_runtime.FlowerChangedError, match=version):
         simulation_runtime.check_supported()
+
+
+def test_on_an_unknown_flower_the_pickup_warns_and_keeps_flowers_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: this process hosts the runtime, and flwr reports a version the fix was not written for
+    runtime = simulation_runtime._runtime()
+    flowers_loop = runtime.add_messages_to_queue
+    monkeypatch.setattr(flwr, "__version__", "1.43.0")
+    # Execute
+    with pytest.warns(RuntimeWarning, match="1.43.0"):
+        installed = simulation_runtime.wake_pickup_on_push()
+    # Assert
+    assert installed is False and runtime.add_messages_to_queue is flowers_loop
+    assert simulation_runtime.pickup_mode() == "poll"
+
+
+def test_flsplit_imports_and_the_client_app_loads_on_an_unknown_flower() -> None:
+    # A new process: the runtime loaded, flwr claiming a version no patch knows, then the ClientApp
+    code = (
+        "import warnings, flwr; import flwr.server.superlink.fleet.vce.vce_api; flwr.__version__ = '9.0.0'\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always'); import apps.client_app, apps.server_app, flsplit.wire\n"
+        "print([str(w.message) for w in seen])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "apps.simulation_runtime supports flwr" in done.stdout and "9.0.0" in done.stdout
 
 
 def test_fix_refuses_a_changed_loop(monkeypatch: pytest.MonkeyPatch) -> None:

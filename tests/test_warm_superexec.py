@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import flwr
 import pytest
 from flwr.supercore.constant import ExecutorType
 from flwr.supercore.superexec import run_superexec as superexec_loop
@@ -17,9 +18,9 @@ def test_installed_flower_still_has_the_seams_the_warm_superexec_uses() -> None:
     warm_superexec.check_supported()
 
 
-@pytest.mark.parametrize("version", ["1.40.2", "1.42.0", "2.0.0"])
+@pytest.mark.parametrize("version", ["1.40.2", "1.43.0", "2.0.0"])
 def test_refuses_other_flower_versions(monkeypatch: pytest.MonkeyPatch, version: str) -> None:
-    monkeypatch.setattr(warm_superexec.flwr, "__version__", version)
+    monkeypatch.setattr(flwr, "__version__", version)
     with pytest.raises(warm_superexec.FlowerChangedError, match=version):
         warm_superexec.check_supported()
 
