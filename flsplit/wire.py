@@ -191,7 +191,7 @@ def _decode_array(array: Array, spec: TensorSpec, check_finite: bool = True) -> 
     expected_dtype = str(torch.empty(0, dtype=spec.dtype).numpy().dtype)
     if array.dtype != expected_dtype:
         raise PayloadError(f"{where}: dtype {array.dtype}, expected {expected_dtype}")
-    _check_shape(where, tuple(array.shape), spec.shape)
+    check_shape(where, tuple(array.shape), spec.shape)
     try:
         values = array.numpy()
     except Exception as err:  # noqa: BLE001 - truncated or corrupt bytes
@@ -202,6 +202,12 @@ def _decode_array(array: Array, spec: TensorSpec, check_finite: bool = True) -> 
             f"metadata says {array.dtype}{list(array.shape)}"
         )
     tensor = torch.from_numpy(values if values.flags.writeable else values.copy())  # np.load's array is fresh
+    check_values(where, tensor, spec, check_finite)
+    return tensor
+
+
+def check_values(where: str, tensor: torch.Tensor, spec: TensorSpec, check_finite: bool = True) -> None:
+    """Refuse NaN/Inf (floating tensors, if ``check_finite``) and labels outside ``spec.num_classes``."""
     if check_finite and tensor.is_floating_point() and not all_finite(tensor):
         raise PayloadError(f"{where}: contains NaN or Inf")
     if spec.num_classes is not None and tensor.numel() and (
@@ -211,7 +217,6 @@ def _decode_array(array: Array, spec: TensorSpec, check_finite: bool = True) -> 
             f"{where}: label values span [{int(tensor.min())}, {int(tensor.max())}], "
             f"expected [0, {spec.num_classes - 1}]"
         )
-    return tensor
 
 
 def _decode_compressed(record: ArrayRecord, spec: TensorSpec, wire_dtype: str) -> torch.Tensor:
@@ -227,7 +232,8 @@ def _decode_compressed(record: ArrayRecord, spec: TensorSpec, wire_dtype: str) -
     return tensor
 
 
-def _check_shape(where: str, got: tuple[int, ...], want: tuple[int | None, ...]) -> None:
+def check_shape(where: str, got: tuple[int, ...], want: tuple[int | None, ...]) -> None:
+    """Refuse a shape of another rank, or with a size other than a fixed one in ``want``."""
     if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want)):
         shown = ["*" if w is None else w for w in want]
         raise PayloadError(f"{where}: shape {list(got)}, expected {shown}")
