@@ -25,7 +25,7 @@ from flsplit.split import build_halves
 from flsplit.tracking import open_tracker
 from strategies import ServerHalf, SplitStrategy, get_strategy, parse_config
 from apps import fast_pull, rounds, simulation_runtime
-from apps.exchange import Exchange
+from apps.stream_exchange import open_exchange
 
 app = ServerApp()
 
@@ -56,7 +56,7 @@ def main(grid: Grid, context: Context) -> None:
     node_ids = _wait_for_nodes(grid, config)
     index = {n: i for i, n in enumerate(node_ids)}
     busy = lambda: server.watch.total  # noqa: E731 - the server's compute so far, for comm_s
-    with Exchange(grid, ledger, index, timeout_s=config.message_timeout, wire_dtype=config.wire_dtype, eval_wire_dtype=config.eval_wire, busy_clock=busy) as exchange:
+    with open_exchange(grid, ledger, index, config, busy) as exchange:
         setup = {"clients_dir": str(writer.dir / "clients")} | ({"restore_round": first_round - 1} if restored else {})
         clients = rounds.hello(exchange, node_ids, setup)
         if not restored:
@@ -94,7 +94,7 @@ def _run_facts(config: RunConfig, clients: list[rounds.Client]) -> dict[str, Any
         "simulation_pickup": simulation_runtime.pickup_mode(),
     }
     versions = {"flwr_version": flwr.__version__, "torch_version": torch.__version__}
-    return {"num_clients": len(clients), "cut_blocks": config.cut_blocks, "processes": processes} | versions
+    return {"num_clients": len(clients), "cut_blocks": config.cut_blocks, "processes": processes, "transport": config.transport} | versions
 
 
 def _shorten_pull_retries() -> None:

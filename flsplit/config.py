@@ -75,6 +75,12 @@ class RunConfig(BaseModel):
     server_device: str = ""  # the ServerApp's device; empty: device
     amp: Literal["off", "bf16", "fp16"] = "off"  # autocast of the forward passes
     deterministic: bool = False  # deterministic kernels (cuDNN, cuBLAS)
+    transport: Literal["messages", "stream"] = "messages"  # how a round's per-batch tensors travel
+    stream_listen: str = ""  # host:port the ServerApp's data plane binds; empty: 127.0.0.1:0 (simulation), 0.0.0.0:0
+    stream_advertise: str = ""  # host:port clients dial; empty: the bound address
+    stream_tls: Literal["auto", "on", "off"] = "auto"  # auto: TLS on SuperNodes, plain TCP on simulation's loopback
+    max_frame_mb: float = Field(256.0, gt=0)  # the largest data-plane frame either side accepts
+    stream_handshake_timeout: float = Field(60.0, gt=0)  # seconds for a client to dial in and present its ticket
     #: The strategy's own settings (``SplitStrategy.params``), validated from its keys.
     params: Any = Field(default=None, exclude=True)
 

@@ -83,7 +83,7 @@ class Connection:
             raise DataPlaneError(f"data plane: sending to {self.peer} failed ({err})") from None
 
     def receive(self, specs: Sequence[TensorSpec], same_batch: bool = True, wire_dtype: str = "fp32") -> tuple[Packet, Frame]:
-        """The next packet, validated against ``specs``; ``StreamClosed`` if the peer ended the stream."""
+        """The next packet, validated against ``specs`` if it carries tensors; ``StreamClosed`` if the peer ended the stream."""
         try:
             frame = read_frame(self.sock, self.max_frame_bytes)
         except TimeoutError:
@@ -94,7 +94,8 @@ class Connection:
             raise StreamClosed(str(frame.header.get("reason", "closed")))
         if frame.type != FrameType.PACKET:
             raise PayloadError(f"frame: expected a packet, got {frame.type.name}")
-        return decode_packet(frame, specs, same_batch, wire_dtype), frame
+        # As on the message path: a packet without tensors (a bare request, a "done") has no specs to meet.
+        return decode_packet(frame, specs if frame.header.get("tensors") else [], same_batch, wire_dtype), frame
 
     def close(self, reason: str = "") -> None:
         """Tell the peer why (best effort), then close."""

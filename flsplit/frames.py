@@ -74,14 +74,18 @@ class Frame:
     body: torch.Tensor
 
     @property
-    def size(self) -> int:
-        """Bytes this frame took on the wire."""
-        return PREFIX.size + int(self.header.get("_header_bytes", 0)) + self.body.numel()
+    def sent(self) -> Sent:
+        """Bytes this frame took on the wire, per kind (as the sender's ``write_frame`` counted them)."""
+        kinds: dict[str, int] = {}
+        for descriptor in self.header.get("tensors", []):
+            kinds[str(descriptor[0])] = kinds.get(str(descriptor[0]), 0) + int(descriptor[5])
+        total = PREFIX.size + int(self.header.get("_header_bytes", 0)) + self.body.numel()
+        return Sent(kinds, total - sum(kinds.values()))
 
 
 @dataclass(frozen=True)
 class Sent:
-    """What writing one frame put on the wire: tensor bytes per kind, and the rest (control)."""
+    """What one frame took on the wire: tensor bytes per kind, and the rest (prefix, header, padding) as control."""
 
     kinds: dict[str, int]
     control: int
@@ -89,6 +93,11 @@ class Sent:
     @property
     def total(self) -> int:
         return sum(self.kinds.values()) + self.control
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Per ledger line: each kind, and ``control``."""
+        return self.kinds | {"control": self.control}
 
 
 def _padded(n: int) -> int:

@@ -80,6 +80,7 @@ def test_bytes_written_are_counted_per_kind_and_the_rest_as_control() -> None:
     # Assert: payload bytes exactly; the prefix, header and padding are control
     assert sent.kinds == {"activations": 8 * 16 * 8 * 8 * 4, "labels": 8 * 8}
     assert sent.total == len(pipe.data) and 0 < sent.control < 1024
+    assert read_frame(pipe, MAX).sent == sent  # the receiver counts what the sender did
 
 
 @pytest.mark.parametrize("wire_dtype", ["fp32", "fp16", "bf16", "int8"])
