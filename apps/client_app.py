@@ -79,7 +79,7 @@ def hello(msg: Message, context: Context) -> Message:
         "batches_per_round": _quota(config, loader.batches_per_epoch),
         "nice": os.getpriority(os.PRIO_PROCESS, 0),
         "threads": torch.get_num_threads(),
-    }
+    } | simulation_runtime.worker_resources()
     return Message(encode(Packet(info=info)), reply_to=msg)
 
 

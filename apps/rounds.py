@@ -27,6 +27,7 @@ from flsplit.split import activation_shape
 from flsplit.wire import Packet, PayloadError, weight_specs
 from strategies import ServerHalf, SplitStrategy
 from apps.exchange import Exchange, Reply
+from apps.stream_exchange import StreamExchange
 
 MiB = 1 << 20
 
@@ -41,6 +42,7 @@ class Client:
     num_examples: int
     nice: int  # the ClientApp process's niceness (Ray's workers: 15 unless told otherwise)
     threads: int  # its torch intra-op threads
+    worker_resources: dict[str, float] = field(default_factory=dict)  # in simulation: what Ray reserved for it
 
 
 @dataclass
@@ -167,12 +169,13 @@ def hello(exchange: Exchange, node_ids: list[int], info: dict) -> list[Client]:
         if reply.packet is None:
             raise RuntimeError(f"node {node_id} failed at start-up: {reply.error}")
         info = reply.packet.info
-        found.append((int(info["partition_id"]), node_id, int(info["num_examples"]), int(info["nice"]), int(info["threads"])))
-    found.sort()
+        resources = {key: float(info[key]) for key in ("worker_cpus", "worker_gpus") if key in info}  # type: ignore[arg-type]
+        found.append((int(info["partition_id"]), node_id, int(info["num_examples"]), int(info["nice"]), int(info["threads"]), resources))
+    found.sort(key=lambda entry: entry[0])
     partitions = [pid for pid, *_ in found]
     if len(set(partitions)) != len(partitions):
         raise RuntimeError(f"node-config: two nodes share a partition-id ({partitions}); give each its own")
-    clients = [Client(node_id, i, pid, n, nice, threads) for i, (pid, node_id, n, nice, threads) in enumerate(found)]
+    clients = [Client(node_id, i, pid, n, nice, threads, res) for i, (pid, node_id, n, nice, threads, res) in enumerate(found)]
     exchange.client_index = {c.node_id: c.index for c in clients}
     return clients
 
@@ -187,7 +190,7 @@ class RoundDriver:
 
     def __init__(
         self,
-        exchange: Exchange,
+        exchange: Exchange | StreamExchange,
         server: ServerHalf,
         strategy: type[SplitStrategy],
         clients: list[Client],
@@ -201,6 +204,8 @@ class RoundDriver:
         self.probes: dict[int, int] = {}  # uploads measured for the server's peak memory, per partition
         self.aggregated: dict[str, torch.Tensor] | None = None  # the last round's averaged slice
         server.partition_sizes = {c.index: c.num_examples for c in clients}
+        if isinstance(exchange, StreamExchange):
+            exchange.check_capacity(clients, 1 if strategy.serves_sequentially(config) else len(clients))
 
     def run_round(self, round_number: int) -> dict[str, Any]:
         """Train, aggregate (if the strategy does), evaluate; return the round's metrics."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from flwr.serverapp import Grid
 
 from flsplit.config import RunConfig
-from flsplit.dataplane import Connection, DataPlaneError, DataPlaneServer, StreamClosed
+from flsplit.dataplane import FALLBACK, Connection, DataPlaneError, DataPlaneServer, StreamClosed
 from flsplit.ledger import Ledger
 from flsplit.protocol import MessageKind
 from flsplit.wire import Packet, PayloadError, TensorSpec
@@ -68,6 +68,26 @@ class StreamExchange:
     def close(self) -> None:
         self.plane.close()
         self.messages.close()
+
+    def check_capacity(self, clients: Sequence[object], served_at_once: int) -> None:
+        """Refuse, before training, a round that needs more ClientApps open at once than simulation runs.
+
+        On the stream a client's round holds its Ray worker from its first request to its last
+        upload, so serving ``served_at_once`` clients together needs that many workers; with
+        fewer, the server would wait for a client that cannot start. (On SuperNodes every node
+        runs its own ClientApp, so there is no such limit.)
+        """
+        resources = [getattr(c, "worker_resources", {}) for c in clients]
+        if not resources or not all(resources):
+            return
+        worst = max(resources, key=lambda r: (r.get("worker_cpus", 0.0), r.get("worker_gpus", 0.0)))
+        workers = simulation_runtime.concurrent_workers(worst.get("worker_cpus", 0.0), worst.get("worker_gpus", 0.0))
+        if served_at_once > workers:
+            raise DataPlaneError(
+                f"transport='stream' serves {served_at_once} clients at once here, but the simulation runs {workers} "
+                f"ClientApp(s) at a time ({worst.get('worker_cpus', 0):g} CPUs each): give each client fewer CPUs "
+                f"(--federation-config \"client-resources-num-cpus=...\"), set serve-order='sequential', or {FALLBACK}"
+            )
 
     def send(self, node_id: int, kind: MessageKind, packet: Packet) -> None:
         """A request on the node's stream, or its round message with a ticket, or any other Flower message."""
