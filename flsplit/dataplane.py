@@ -97,6 +97,20 @@ class Connection:
         # As on the message path: a packet without tensors (a bare request, a "done") has no specs to meet.
         return decode_packet(frame, specs if frame.header.get("tensors") else [], same_batch, wire_dtype), frame
 
+    def finish(self) -> None:
+        """End the stream after our last frame: wait for the peer to close first, then close.
+
+        Closing a socket with unread bytes resets the connection, which can destroy frames still
+        in flight to the peer; waiting for its end-of-stream (bounded by the inactivity timeout)
+        makes sure the peer has read everything we sent.
+        """
+        try:
+            while self.sock.recv(1 << 16):
+                pass
+        except OSError:
+            pass
+        self.sock.close()
+
     def close(self, reason: str = "") -> None:
         """Tell the peer why (best effort), then close."""
         try:
@@ -183,6 +197,10 @@ class DataPlaneServer:
             self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self._context.minimum_version = ssl.TLSVersion.TLSv1_3
             self._context.load_cert_chain(cert, key)
+            # No session tickets: nobody resumes these sessions, and a ticket the client never
+            # reads (DSL reads nothing down) would make its close() reset the connection and cut
+            # off its last upload.
+            self._context.num_tickets = 0
         self._tickets: dict[str, tuple[int, int]] = {}  # token -> (node id, round)
         self._ready: dict[int, Connection] = {}
         self._refused: list[str] = []
