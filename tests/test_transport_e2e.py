@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,28 @@ def test_a_client_failing_mid_round_on_the_stream_is_recorded_and_the_round_comp
     assert [r["failed_clients"] for r in rounds] == [[], [1], []]
     assert "injected failure of client 1 in round 2" in rounds[1]["failures"][0]["reason"]
     assert rounds[2]["bytes_up_activations"] == rounds[0]["bytes_up_activations"]  # both clients again
+
+
+def test_a_stream_run_killed_after_a_round_and_resumed_equals_an_uninterrupted_one(superlink: SuperLink, tmp_path: Path) -> None:
+    # Prepare: the reference, uninterrupted; then the same run on a SuperLink of its own, killed after round 1
+    stream = {"strategy": "'csl'", "transport": "'stream'", "num-server-rounds": 3}
+    reference = _run(superlink, tmp_path, "reference", **stream)
+    link = SuperLink(tmp_path / "home-killed")
+    config = TINY | stream | {"results-dir": f"'{tmp_path}'", "run-name": "'resumed'"}
+    try:
+        process = link.launch(" ".join(f"{k}={v}" for k, v in config.items()))
+        metrics = tmp_path / "resumed" / "metrics.jsonl"
+        deadline = time.monotonic() + 300
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+            assert time.monotonic() < deadline and process.poll() is None, "round 1 never finished"
+            time.sleep(0.05)
+    finally:
+        link.kill()  # SIGKILL to SuperLink, ServerApp (and its data plane) and the Ray workers
+        process.kill()
+        process.communicate()
+    assert len(read_metrics(metrics)) < 3
+    # Execute
+    resumed = _run(superlink, tmp_path, "resumed", resume="true", **stream)
+    # Assert: the same run, bytes included (one transport)
+    without_clocks = [[{k: v for k, v in r.items() if not k.endswith(("_s", "_mb"))} for r in run] for run in (resumed, reference)]
+    assert without_clocks[0] == without_clocks[1]
