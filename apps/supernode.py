@@ -30,6 +30,7 @@ import collections
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -93,7 +94,7 @@ def explain(reason: str | None, code: int | None, superlink: str, port: int) -> 
 
 def split_runtime_args(argv: Sequence[str]) -> tuple[list[str], int | None, str]:
     """``flower-supernode`` arguments without ``--port``/``--host``/``--isolation``; the port; the SuperLink."""
-    rest, port, superlink = [], None, "127.0.0.1:9092"
+    rest, port, superlink = [], None, "flower-supernode's default address"
     args = list(argv)
     while args:
         arg = args.pop(0)
@@ -179,8 +180,6 @@ class Supervisor:
 
     def _wait_for_runtime_api(self, node: _Child) -> bool:
         """Whether the SuperNode's Runtime API is up (``False`` if it ended or a stop came first)."""
-        import socket  # noqa: PLC0415 - only here
-
         while node.process.poll() is None and not self.stopping.is_set():
             with socket.socket() as sock:
                 if sock.connect_ex(("127.0.0.1", self.port)) == 0:

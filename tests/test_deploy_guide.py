@@ -105,6 +105,18 @@ class Host:
         return read_metrics(newest / "metrics.jsonl")
 
 
+def _process_running(root: int, module: str) -> int:
+    """The PID of the process below ``root`` that runs ``python -m <module>``."""
+    for pid in _descendants(root):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if module.encode() in argv:
+            return pid
+    raise AssertionError(f"no {module} process below {root}")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -185,6 +197,17 @@ class TestInsecureFederationOnOneHost:
             assert "Traceback" not in log
         _assert_smoke_run(insecure)
 
+    def test_a_killed_supernode_takes_its_warm_superexec_with_it(self, insecure: Host) -> None:
+        # Prepare: the real processes under SuperNode 1's command
+        process, _ = insecure.running["insecure-supernode1"]
+        supernode, superexec = (_process_running(process.pid, module) for module in ("apps.fast_supernode", "apps.warm_superexec"))
+        # Execute: SIGKILL the SuperNode alone, as a crash or the OOM killer would
+        os.kill(supernode, signal.SIGKILL)
+        process.wait(timeout=60)
+        # Assert: the command ended, its SuperExec with it, and it said why
+        assert not _alive(superexec)
+        assert "the SuperNode exited with code -9" in insecure.log("insecure-supernode1")
+
 
 class TestTlsFederationWithTwoSuperNodesOnOneHost:
     """TLS, node authentication and warm SuperNodes, then the SuperLink restarted on its database."""
@@ -214,3 +237,15 @@ class TestTlsFederationWithTwoSuperNodesOnOneHost:
         for i in range(2):
             log = secure.log(f"tls-supernode{i}")
             assert "Traceback" not in log and "flsplit supernode: the" not in log, log[-3000:]
+
+    def test_a_supernode_with_an_unregistered_key_exits_naming_the_key(self, secure: Host) -> None:
+        # Prepare: a third key pair, never registered
+        subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(secure.home / "flsplit-deploy" / "keys" / "node2")], check=True)
+        # Execute: the guide's SuperNode command for node 2
+        secure.start("tls-supernode", node=2)
+        process, _ = secure.running["tls-supernode2"]
+        status = process.wait(timeout=90)
+        # Assert: it exits at once with the reason (not a network failure) and the fix
+        log = secure.log("tls-supernode2")
+        assert status != 0 and "Failed to activate SuperNode" in log
+        assert "refused this SuperNode's key" in log and "flwr supernode register" in log
