@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from flwr.app import ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
-from flsplit import trace
+from flsplit import logstamp, trace
 from flsplit.compression import part_dtypes
 from flsplit.config import RunConfig
 from flsplit.data import eval_indices, test_tensors
@@ -38,6 +38,7 @@ from apps.stream_round import serve_round
 
 simulation_runtime.wake_pickup_on_push()  # must precede the runtime's extractor (see the module)
 app = ClientApp()
+logstamp.install()  # UTC time on flsplit's own log lines (flsplit/logstamp.py)
 IMPORTED_AT = time.time()
 
 MiB = 1 << 20

@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import Strategy
 
 from flsplit.aggregation import aggregate_replies
 from flsplit.config import RunConfig
+from flsplit.coverage import covers_fewer_clients
 from flsplit.memory import MemoryReading, measure, tensor_bytes
 from flsplit.optim import set_round_lr
 from flsplit.protocol import MessageKind
@@ -322,7 +323,9 @@ class RoundDriver:
         aggregated weights (if any) and tells it to checkpoint its slice as of this round.
         With aggregated slices every client holds the same weights, so only the first one
         runs the test split; in a round that ``eval-every`` skips, none does, and the test
-        metrics are ``None``.
+        metrics are ``None``. ``evaluated_clients`` names the partitions whose slices the
+        accuracy covers (the averaged slice covers every client that went into the average),
+        so a round after a failure is not mistaken for one over the whole federation.
         """
         reachable = [c for c in self.clients if c.partition_id not in stats.failures]
         scores = self.config.scores_round(round_number)
@@ -330,21 +333,23 @@ class RoundDriver:
         for client in reachable:
             info = {"offset": 0, "evaluate": client in evaluators, "checkpoint_round": round_number}
             self.exchange.send(client.node_id, MessageKind.EVALUATE, Packet({"weights": weights} if weights is not None else {}, info))
-        results = []
+        results, scored_partitions = [], []
         self.server.top.eval()
         for client in reachable:
             scored = self._score(client, client in evaluators, stats)
             if scored is not None:
                 results.append(scored)
+                scored_partitions.append(client.partition_id)
         self.server.top.train()
         if not scores:
-            return {"test_accuracy": None, "test_loss": None, "aux_accuracy": None}
+            return {"test_accuracy": None, "test_loss": None, "aux_accuracy": None, "evaluated_clients": None}
         if not results:
-            return {"test_accuracy": float("nan"), "test_loss": float("nan"), "aux_accuracy": None}
+            return {"test_accuracy": float("nan"), "test_loss": float("nan"), "aux_accuracy": None, "evaluated_clients": []}
         return {
             "test_accuracy": sum(r[0] for r in results) / len(results),
             "test_loss": sum(r[1] for r in results) / len(results),
             "aux_accuracy": sum(r[2] for r in results) / len(results),
+            "evaluated_clients": [c.partition_id for c in reachable] if weights is not None else scored_partitions,
         }
 
     def _score(self, client: Client, evaluates: bool, stats: RoundStats) -> tuple[float, float, float] | None:
@@ -380,6 +385,8 @@ def round_line(metrics: dict[str, Any], total_rounds: int) -> str:
     scored = "not scored (eval-every)" if metrics["test_accuracy"] is None else (
         f"test_acc={metrics['test_accuracy']:.4f} test_loss={metrics['test_loss']:.4f}"
     )
+    if covers_fewer_clients(metrics):
+        scored += f" (covers only clients {metrics['evaluated_clients']} of {metrics['num_clients']})"
     return (
         f"round {metrics['round']}/{total_rounds}: {scored} train_loss={metrics['train_loss']:.4f} "
         f"up={metrics['bytes_up'] / MiB:.1f}MiB down={metrics['bytes_down'] / MiB:.1f}MiB "

@@ -14,7 +14,7 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from flsplit import checkpoint
+from flsplit import checkpoint, logstamp
 from flsplit.aggregation import build_aggregator
 from flsplit.config import ConfigError, RunConfig
 from flsplit.device import Placement, set_deterministic
@@ -28,6 +28,7 @@ from apps import fast_pull, rounds, simulation_runtime
 from apps.stream_exchange import open_exchange
 
 app = ServerApp()
+logstamp.install()  # UTC time on flsplit's own log lines (flsplit/logstamp.py)
 
 CHECKPOINT = "checkpoint.pt"
 #: How long the ServerApp waits for ``min-clients`` nodes to connect.
