@@ -31,12 +31,11 @@ class CorruptFileError(DatasetError):
 ARCHIVE_ERRORS = (EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error, gzip.BadGzipFile)
 
 
-def corrupt(path: Path | str, err: BaseException) -> CorruptFileError:
+def corrupt(
+    path: Path | str, err: BaseException, fix: str = "download it again, or remove it and point data-dir at a good copy"
+) -> CorruptFileError:
     """The error for a damaged dataset file: names the file, the cause and the fix."""
-    return CorruptFileError(
-        f"data-dir: '{path}' is truncated or corrupt ({type(err).__name__}: {err}); "
-        "download it again, or remove it and point data-dir at a good copy"
-    )
+    return CorruptFileError(f"data-dir: '{path}' is truncated or corrupt ({type(err).__name__}: {err}); {fix}")
 
 
 @contextmanager
