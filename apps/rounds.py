@@ -63,6 +63,7 @@ class RoundStats:
     client_cuda_peak: int | None = None  # highest torch.cuda.max_memory_allocated of a probe; None off CUDA
     server_cuda_peak: int | None = None
     failures: dict[int, str] = field(default_factory=dict)  # partition id -> reason
+    client_metrics: dict[str, float] = field(default_factory=dict)  # a client half's own (Packet.add_metric), summed
 
     def note_upload(self, upload: Packet, reply: Reply) -> None:
         """Add one training upload's report (the ClientApp's timing and memory, the strategy's loss)."""
@@ -77,6 +78,8 @@ class RoundStats:
         self.aux_loss_sum += report.aux_loss_sum
         self.samples += report.local_samples
         self.peak_rss_mb = max(self.peak_rss_mb, report.peak_rss_mb)
+        for name, value in report.metrics.items():
+            self.client_metrics[name] = self.client_metrics.get(name, 0.0) + value
         if report.memory is not None:
             self.note_memory("client", report.memory)
 
@@ -113,6 +116,7 @@ class RoundStats:
             out[f"{party}_saved_mb"] = reading.saved / MiB if reading else None
             cuda = getattr(self, f"{party}_cuda_peak")
             out[f"{party}_cuda_peak_mb"] = cuda / MiB if cuda is not None else None
+        out |= {f"client.{name}": value for name, value in sorted(self.client_metrics.items())}
         out["failed_clients"] = sorted(self.failures)
         out["failures"] = [{"client": pid, "reason": why} for pid, why in sorted(self.failures.items())]
         return out
@@ -134,6 +138,7 @@ class UploadReport:
     aux_loss_sum: float
     local_samples: int
     memory: MemoryReading | None
+    metrics: dict[str, float]  # the strategy's own client metrics (Packet.add_metric)
 
     @classmethod
     def of(cls, upload: Packet) -> UploadReport:
@@ -157,6 +162,7 @@ class UploadReport:
             )
             if probed
             else None,
+            metrics=upload.metrics,
         )
 
 

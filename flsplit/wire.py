@@ -22,6 +22,8 @@ from flsplit.device import to_device, to_host
 from flsplit.flwr_internals import serialized_objects
 
 INFO = "info"
+#: ``info`` entries under this prefix are a client half's own metrics (``Packet.add_metric``).
+METRIC_PREFIX = "metric."
 KINDS = ("activations", "labels", "gradients", "weights", "aux_model")
 #: Kinds that hold one row per sample, so their first dimensions must agree within a message.
 BATCH_KINDS = ("activations", "labels", "gradients")
@@ -39,7 +41,9 @@ class Packet:
 
     Uploads carry cut-layer activations ``z`` and their labels ``y``; CSL-style replies carry
     the gradient ``dz``. Read and build those through ``activations``, ``labels``,
-    ``gradients``, ``Packet.upload`` and ``Packet.gradient``, which name the tensor paths once.
+    ``gradients``, ``Packet.upload`` and ``Packet.gradient``, which name the tensor paths once;
+    a plug-in that transforms what a parent strategy sends assigns ``activations`` or
+    ``gradients`` (the labels are the data's own, so they have no setter).
     """
 
     tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
@@ -83,6 +87,27 @@ class Packet:
     def gradients(self) -> torch.Tensor:
         """The gradient ``dz`` of the loss with respect to the activations."""
         return self._tensor("gradients", "dz")
+
+    @gradients.setter
+    def gradients(self, dz: torch.Tensor) -> None:
+        self.tensors.setdefault("gradients", {})["dz"] = dz
+
+    def add_metric(self, name: str, value: float) -> None:
+        """Report a client-side metric: the server sums it over the round's uploads into
+        ``metrics.jsonl`` as ``client.<name>`` (send a sum and a count for a mean)."""
+        key = METRIC_PREFIX + name
+        self.info[key] = self.info.get(key, 0) + value  # type: ignore[operator]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The client metrics this packet carries (``add_metric``), by name; each must be a number."""
+        out = {}
+        for key, value in self.info.items():
+            if key.startswith(METRIC_PREFIX):
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise PayloadError(f"info.{key}: a client metric must be a number, got {value!r}")
+                out[key.removeprefix(METRIC_PREFIX)] = float(value)
+        return out
 
     def _tensor(self, kind: str, name: str) -> torch.Tensor:
         try:
