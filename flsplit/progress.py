@@ -47,14 +47,14 @@ class ProgressMeter:
 
     def observe(self, done: int, samples: int, now: float) -> ProgressPoint | None:
         """The point to report after ``done`` batches and ``samples`` samples, or ``None``."""
-        if self.mode == "off" or self.total <= 0 or done <= 0:
+        if self.mode == "off" or not 0 < done < self.total:  # the round's own line reports its end
             return None
-        tenth = min(done * STEPS // self.total, STEPS - 1)
+        tenth = done * STEPS // self.total
         if tenth <= self.reported:
             return None
         self.reported = tenth
         elapsed = max(now - self.started, 1e-9)
-        projected = elapsed * self.total / min(done, self.total)
+        projected = elapsed * self.total / done
         if self.mode == "auto" and projected <= AUTO_AFTER_S:
             return None
-        return ProgressPoint(self.round_number, min(done, self.total), self.total, samples / elapsed, projected - elapsed)
+        return ProgressPoint(self.round_number, done, self.total, samples / elapsed, projected - elapsed)
