@@ -19,6 +19,7 @@ from flsplit.data import eval_indices, test_tensors
 from flsplit.dataplane import Ticket
 from flsplit.memory import measure
 from flsplit.optim import set_round_lr
+from flsplit.software import software
 from flsplit.split import activation_shape
 from flsplit.wire import Packet, decode, encode, load_weights, weight_specs, weights_of
 from strategies import ClientHalf, ClientSlice, get_strategy, parse_config
@@ -63,7 +64,7 @@ def _quota(config: RunConfig, batches_per_epoch: int) -> int:
 
 @app.query("hello")
 def hello(msg: Message, context: Context) -> Message:
-    """Tell the server who this node is and how much data it holds."""
+    """Tell the server who this node is, how much data it holds, and what it runs on."""
     config = run_config(context)
     client_placement(config.device, config.amp, config.deterministic)  # a missing device fails here, at start-up
     partition_id, num_partitions = partition_of(context)
@@ -80,7 +81,7 @@ def hello(msg: Message, context: Context) -> Message:
         "batches_per_round": _quota(config, loader.batches_per_epoch),
         "nice": os.getpriority(os.PRIO_PROCESS, 0),
         "threads": torch.get_num_threads(),
-    } | simulation_runtime.worker_resources()
+    } | simulation_runtime.worker_resources() | software()
     return Message(encode(Packet(info=info)), reply_to=msg)
 
 
@@ -128,6 +129,7 @@ def _train_once(half: ClientHalf, request: Packet, client: ClientSlice, config: 
         "bwd_s": timings.get("bwd", 0.0),
         "handler_s": time.perf_counter() - started,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "round_batches": client.counters["step"] - client.counters["round_start"],  # the server's progress lines
     }
     return upload
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import resource
 import time
 from dataclasses import dataclass, field
-from logging import ERROR, WARNING
+from logging import ERROR, INFO, WARNING
 from typing import Any
 
 import torch
@@ -23,14 +23,18 @@ from flsplit.config import RunConfig
 from flsplit.coverage import covers_fewer_clients
 from flsplit.memory import MemoryReading, measure, tensor_bytes
 from flsplit.optim import set_round_lr
+from flsplit.progress import ProgressMeter
 from flsplit.protocol import MessageKind
 from flsplit.split import activation_shape
+from flsplit.tracking import NoTracker, Tracker
 from flsplit.wire import Packet, PayloadError, weight_specs
 from strategies import ServerHalf, SplitStrategy
 from apps.exchange import Exchange, Reply
 from apps.stream_exchange import StreamExchange
 
 MiB = 1 << 20
+#: What a ClientApp's hello reports about its interpreter and versions (``flsplit.software``).
+SOFTWARE_KEYS = ("python_executable", "flsplit_version", "flsplit_path", "flwr_version", "torch_version")
 
 
 @dataclass
@@ -43,6 +47,8 @@ class Client:
     num_examples: int
     nice: int  # the ClientApp process's niceness (Ray's workers: 15 unless told otherwise)
     threads: int  # its torch intra-op threads
+    batches_per_round: int  # the batches it trains on per round (the progress lines' total)
+    software: dict[str, str]  # its interpreter and versions (flsplit.software), as it reported them
     worker_resources: dict[str, float] = field(default_factory=dict)  # in simulation: what Ray reserved for it
 
 
@@ -65,7 +71,7 @@ class RoundStats:
     failures: dict[int, str] = field(default_factory=dict)  # partition id -> reason
     client_metrics: dict[str, float] = field(default_factory=dict)  # a client half's own (Packet.add_metric), summed
 
-    def note_upload(self, upload: Packet, reply: Reply) -> None:
+    def note_upload(self, upload: Packet, reply: Reply) -> UploadReport:
         """Add one training upload's report (the ClientApp's timing and memory, the strategy's loss)."""
         report = UploadReport.of(upload)
         self.client_fwd_s += report.fwd_s
@@ -82,6 +88,7 @@ class RoundStats:
             self.client_metrics[name] = self.client_metrics.get(name, 0.0) + value
         if report.memory is not None:
             self.note_memory("client", report.memory)
+        return report
 
     def note_memory(self, party: str, reading: MemoryReading) -> None:
         """Keep the highest peak measured for ``party`` (``client`` or ``server``) this round."""
@@ -126,7 +133,9 @@ class RoundStats:
 class UploadReport:
     """The control fields of a training upload, read in one place.
 
-    The ClientApp always sets the timing fields; a strategy's client sets ``aux_loss_sum``
+    The ClientApp always sets the timing fields and ``round_batches`` (the client's own count,
+    right for every strategy: DSL's uploads carry several batches, CSE-FSL's skip some); a
+    strategy's client sets ``aux_loss_sum``
     and ``local_samples`` when it trains on more samples than it uploads (DSL's family).
     A required field that is missing is a protocol error, never a silent zero.
     """
@@ -139,6 +148,7 @@ class UploadReport:
     local_samples: int
     memory: MemoryReading | None
     metrics: dict[str, float]  # the strategy's own client metrics (Packet.add_metric)
+    round_batches: int | None  # batches the client has trained on so far this round (None: not reported)
 
     @classmethod
     def of(cls, upload: Packet) -> UploadReport:
@@ -163,6 +173,7 @@ class UploadReport:
             if probed
             else None,
             metrics=upload.metrics,
+            round_batches=int(info["round_batches"]) if "round_batches" in info else None,  # type: ignore[arg-type]
         )
 
 
@@ -176,13 +187,15 @@ def hello(exchange: Exchange, node_ids: list[int], info: dict) -> list[Client]:
         if reply.packet is None:
             raise RuntimeError(f"node {node_id} failed at start-up: {reply.error}")
         info = reply.packet.info
+        software = {key: str(info[key]) for key in SOFTWARE_KEYS if key in info}
         resources = {key: float(info[key]) for key in ("worker_cpus", "worker_gpus") if key in info}  # type: ignore[arg-type]
-        found.append((int(info["partition_id"]), node_id, int(info["num_examples"]), int(info["nice"]), int(info["threads"]), resources))
-    found.sort(key=lambda entry: entry[0])
+        facts = (int(info["num_examples"]), int(info["nice"]), int(info["threads"]), int(info["batches_per_round"]), software, resources)
+        found.append((int(info["partition_id"]), node_id, facts))
+    found.sort(key=lambda row: row[:2])
     partitions = [pid for pid, *_ in found]
     if len(set(partitions)) != len(partitions):
         raise RuntimeError(f"node-config: two nodes share a partition-id ({partitions}); give each its own")
-    clients = [Client(node_id, i, pid, n, nice, threads, res) for i, (pid, node_id, n, nice, threads, res) in enumerate(found)]
+    clients = [Client(node_id, i, pid, *facts) for i, (pid, node_id, facts) in enumerate(found)]
     exchange.client_index = {c.node_id: c.index for c in clients}
     return clients
 
@@ -203,9 +216,13 @@ class RoundDriver:
         clients: list[Client],
         config: RunConfig,
         aggregator: Strategy,
+        tracker: Tracker | None = None,
     ) -> None:
         self.exchange, self.server, self.strategy = exchange, server, strategy
         self.clients, self.config, self.aggregator = clients, config, aggregator
+        self.tracker = tracker or NoTracker()  # also receives the progress points (tensorboard)
+        self.meter: ProgressMeter | None = None  # this round's progress (flsplit.progress)
+        self.round_batches: dict[int, int] = {}  # batches each partition has trained on this round
         self.synced = strategy.synced_modules(strategy.client_modules(config))
         self.specs = server.upload_specs(activation_shape(config))
         self.probes: dict[int, int] = {}  # uploads measured for the server's peak memory, per partition
@@ -251,6 +268,9 @@ class RoundDriver:
         for optimizer in self.server.scheduled_optimizers():
             set_round_lr(optimizer, self.config, round_number)
         self.server.begin_round(round_number)
+        total = sum(c.batches_per_round for c in self.clients)
+        self.meter = ProgressMeter(self.config.progress, round_number, total, time.perf_counter())
+        self.round_batches = {}
         sequential = self.strategy.serves_sequentially(self.config)
         for group in ([c] for c in self.clients) if sequential else [list(self.clients)]:
             self._serve(group, round_number, stats)
@@ -268,13 +288,14 @@ class RoundDriver:
                     if upload is None:
                         raise PayloadError(reply.error or "no reply")
                     self.server.check_upload(upload)
-                    stats.note_upload(upload, reply)
+                    report = stats.note_upload(upload, reply)
                     upload = upload.to(self.server.placement.device)  # validated on the CPU, then moved once
                 except PayloadError as err:
                     stats.fail(client, str(err), "training")
                     self.exchange.abandon(client.node_id)
                     active.remove(client)
                     continue
+                self._report_progress(client, report, stats)
                 done = bool(upload.info.get("done"))
                 # Pipelined: the next request does not depend on this upload, so it goes out
                 # before the server trains on it and client and server compute overlap.
@@ -286,6 +307,16 @@ class RoundDriver:
                     self._request(client, round_number, answer)
                 if done:
                     active.remove(client)
+
+    def _report_progress(self, client: Client, report: UploadReport, stats: RoundStats) -> None:
+        """Log (and track) the round's progress when the meter says this upload passed a tenth."""
+        if report.round_batches is None or self.meter is None:
+            return
+        self.round_batches[client.partition_id] = report.round_batches
+        point = self.meter.observe(sum(self.round_batches.values()), stats.samples, time.perf_counter())
+        if point is not None:
+            log(INFO, "%s", point.line())
+            self.tracker.progress(point)
 
     def _request(self, client: Client, round_number: int, packet: Packet | None = None) -> None:
         packet = packet or self.server.request(client.index)

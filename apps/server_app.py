@@ -8,7 +8,6 @@ from datetime import datetime, timezone
 from logging import INFO, WARNING
 from typing import Any
 
-import flwr
 import torch
 from flwr.app import Context
 from flwr.common.logger import log
@@ -20,8 +19,10 @@ from flsplit.config import ConfigError, RunConfig
 from flsplit.device import Placement, set_deterministic
 from flsplit.ledger import Ledger
 from flsplit.optim import build_optimizer
-from flsplit.results import ResultsWriter
+from flsplit.results import ResultsWriter, flower_run_dir
+from flsplit.software import software
 from flsplit.split import build_halves
+from flsplit.status import RunStatus
 from flsplit.tracking import open_tracker
 from strategies import ServerHalf, SplitStrategy, get_strategy, parse_config
 from apps import fast_pull, rounds, simulation_runtime
@@ -35,13 +36,45 @@ CHECKPOINT = "checkpoint.pt"
 NODE_WAIT_S = 120.0
 # Keys that may change between a run and its resumption.
 # A run moves between machines: its device, precision and determinism switch may change.
-RESUMABLE_CHANGES = {"resume", "num-server-rounds", "message-timeout", "tensorboard", "device", "server-device", "amp", "deterministic", "eval-every"}
+RESUMABLE_CHANGES = {"resume", "num-server-rounds", "message-timeout", "tensorboard", "progress", "device", "server-device", "amp", "deterministic", "eval-every"}
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Train for ``num-server-rounds`` rounds and write ``config.json`` and ``metrics.jsonl``."""
-    config = parse_config(context.run_config, from_flower=True)
+    """Train for ``num-server-rounds`` rounds and write ``config.json``, ``metrics.jsonl`` and ``status.json``.
+
+    ``status.json`` says whether the run is going, completed or failed (``flwr run`` exits 0
+    either way); when the config cannot be read it goes to ``flower_run_dir(run id)``.
+    """
+    try:
+        config = parse_config(context.run_config, from_flower=True)
+        writer = ResultsWriter(config.results_dir, _run_name(config))
+    except Exception as err:
+        status = RunStatus(flower_run_dir(context.run_id), {"flower_run_id": context.run_id})
+        log(INFO, "flsplit: no run folder (the run config cannot be used); status in %s", status.folder)
+        _record_failure(status, err)
+        raise
+    log(INFO, "flsplit: run folder %s", writer.dir)
+    facts = {"run_name": writer.dir.name, "run_dir": str(writer.dir), "flower_run_id": context.run_id, "num_server_rounds": config.num_server_rounds}
+    status = RunStatus(writer.dir, facts).start()
+    try:
+        _train(grid, config, writer, status)
+    except BaseException as err:
+        _record_failure(status, err)
+        raise
+    status.complete()
+
+
+def _record_failure(status: RunStatus, error: BaseException) -> None:
+    """Mark the run failed; if even that cannot be written, say so and let the run's own error through."""
+    try:
+        status.fail(error, status.fields.get("round"))
+    except OSError as err:
+        log(WARNING, "flsplit: cannot write %s: %s", status.path, err)
+
+
+def _train(grid: Grid, config: RunConfig, writer: ResultsWriter, status: RunStatus) -> None:
+    """Set up the server and the clients, then run (or continue) the rounds, keeping ``status`` current."""
     if simulation_runtime.in_simulation_runtime():
         simulation_runtime.match_worker_priority()  # opt-in; before the first computation (see the module)
     else:
@@ -49,10 +82,11 @@ def main(grid: Grid, context: Context) -> None:
     strategy = get_strategy(config.strategy)
     server = build_server(config, strategy)
     ledger = Ledger()
-    writer = ResultsWriter(config.results_dir, _run_name(config))
     restored = _resume(config, writer, server, ledger) if config.resume else None
     first_round = restored["round"] + 1 if restored else 1
     history: list[dict[str, Any]] = restored["metrics"] if restored else []
+    if restored:
+        status.update(resumed_from_round=restored["round"], rounds_completed=restored["round"], failed_client_rounds=_failed_client_rounds(history))
 
     node_ids = _wait_for_nodes(grid, config)
     index = {n: i for i, n in enumerate(node_ids)}
@@ -62,15 +96,18 @@ def main(grid: Grid, context: Context) -> None:
         clients = rounds.hello(exchange, node_ids, setup)
         if not restored:
             writer.write_config(config.as_run_config() | _run_facts(config, clients))
+        _warn_on_other_software(clients)
         log(INFO, "flsplit: %s on %d clients, rounds %d..%d; results in %s", config.strategy, len(clients), first_round, config.num_server_rounds, writer.dir)
-        driver = rounds.RoundDriver(exchange, server, strategy, clients, config, build_aggregator(config.aggregation))
         tracker = open_tracker(config.tensorboard, writer.dir)  # run tracking (flsplit/tracking.py)
+        driver = rounds.RoundDriver(exchange, server, strategy, clients, config, build_aggregator(config.aggregation), tracker)
         for round_number in range(first_round, config.num_server_rounds + 1):
+            status.update(round=round_number)
             metrics = driver.run_round(round_number)
             history.append(metrics)
             _checkpoint(writer, server, ledger, driver.aggregated, round_number, history)
             writer.append(metrics)
             tracker.log(metrics)
+            status.update(rounds_completed=round_number, failed_client_rounds=_failed_client_rounds(history))
             log(INFO, "%s", rounds.round_line(metrics, config.num_server_rounds))
         tracker.close()
     log(INFO, "flsplit: done; metrics in %s", writer.metrics_path)
@@ -94,8 +131,23 @@ def _run_facts(config: RunConfig, clients: list[rounds.Client]) -> dict[str, Any
         "client_threads": [c.threads for c in clients],
         "simulation_pickup": simulation_runtime.pickup_mode(),
     }
-    versions = {"flwr_version": flwr.__version__, "torch_version": torch.__version__}
-    return {"num_clients": len(clients), "cut_blocks": config.cut_blocks, "processes": processes, "transport": config.transport} | versions
+    clients_software = [c.software for c in clients]
+    return {"num_clients": len(clients), "cut_blocks": config.cut_blocks, "processes": processes, "client_software": clients_software, "transport": config.transport} | software()
+
+
+def _warn_on_other_software(clients: list[rounds.Client]) -> None:
+    """Warn when a ClientApp runs other versions than the ServerApp (another virtualenv's SuperNode)."""
+    mine = software()
+    for client in clients:
+        differs = sorted(k for k in ("flsplit_version", "flwr_version", "torch_version") if client.software.get(k, mine[k]) != mine[k])
+        if differs:
+            theirs = ", ".join(f"{k} {client.software[k]} (server: {mine[k]})" for k in differs)
+            log(WARNING, "flsplit: client %d runs other software than the server: %s; python %s", client.partition_id, theirs, client.software.get("python_executable"))
+
+
+def _failed_client_rounds(history: list[dict[str, Any]]) -> int:
+    """How many (client, round) pairs failed in the rounds so far."""
+    return sum(len(metrics.get("failed_clients", [])) for metrics in history)
 
 
 def _shorten_pull_retries() -> None:

@@ -119,7 +119,7 @@ def run_method(
     if len(done) >= rounds_wanted:
         return done
     resume = (workdir / name / "checkpoint.pt").exists()
-    keys = keys | {"results-dir": str(workdir), "run-name": name, "resume": resume}
+    keys = keys | {"results-dir": str(workdir.resolve()), "run-name": name, "resume": resume}
     if resume:
         print(f"  [{name}] resuming after round {len(done)}", flush=True)
     process = link.launch(run_config_text(keys), num_supernodes=clients)

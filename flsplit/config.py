@@ -60,7 +60,7 @@ class RunConfig(BaseModel):
     weight_decay: float = Field(5e-4, ge=0)
     aggregate_clients: bool = False
     seed: int = Field(0, ge=0)
-    results_dir: str = "results"
+    results_dir: str = ""  # relative: under $FLSPLIT_RESULTS_DIR or ~/flsplit-results (flsplit.results)
     run_name: str = ""
     max_batches: int = Field(40, ge=0)  # 0: every batch of the partition, local-epochs times
     eval_samples: int = Field(2000, ge=0)  # 0: the whole test split
@@ -70,6 +70,7 @@ class RunConfig(BaseModel):
     message_timeout: float = Field(600.0, gt=0)
     resume: bool = False
     tensorboard: bool = False
+    progress: Literal["auto", "on", "off"] = "auto"  # lines inside a round (flsplit.progress)
     wire_dtype: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     eval_wire_dtype: Literal["", "fp32", "fp16", "bf16", "int8"] = ""  # empty: wire-dtype
     memory_probe: int = Field(3, ge=0)

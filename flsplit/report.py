@@ -1,8 +1,9 @@
 """Comparison report of finished runs: accuracy plots and a markdown table from results folders.
 
-A run folder is what the ServerApp writes to ``<results-dir>/<run-name>/``: ``config.json`` and
-``metrics.jsonl`` (see ``flsplit/results.py``). The report reads nothing else, so it works on
-runs copied from another machine as well as on a live ``results/`` folder.
+A run folder is what the ServerApp writes to ``<results-dir>/<run-name>/``: ``config.json``,
+``metrics.jsonl`` (see ``flsplit/results.py``) and ``status.json`` (``flsplit/status.py``), which
+marks runs that failed, died or are still going. The report reads nothing else, so it works on
+runs copied from another machine as well as on a live results folder.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from matplotlib.ticker import FuncFormatter
 from flsplit.coverage import covers_fewer_clients
 from flsplit.markdown import markdown_table
 from flsplit.results import read_metrics
+from flsplit.status import read_status
 
 PLOT = "comparison.png"
 TABLE = "comparison.md"
@@ -32,6 +34,14 @@ class Run:
     name: str
     config: dict[str, Any]
     rounds: list[dict[str, Any]]
+    state: str = "unknown"  # from status.json: completed, failed, dead, running or unknown
+
+    @property
+    def outcome(self) -> str:
+        """The state, and ``k/N rounds`` when the run has fewer rounds than it was configured for."""
+        planned = self.config.get("num-server-rounds")
+        short = planned is not None and len(self.rounds) < int(planned)
+        return f"{self.state}, {len(self.rounds)}/{planned} rounds" if short else self.state
 
     @property
     def strategy(self) -> str:
@@ -78,7 +88,7 @@ def load_run(path: Path) -> Run:
     """Read one run folder; a missing ``config.json`` leaves the config empty."""
     config_path = path / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    return Run(path.name, config, read_metrics(path / "metrics.jsonl"))
+    return Run(path.name, config, read_metrics(path / "metrics.jsonl"), read_status(path).state)
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Run]:
@@ -106,7 +116,7 @@ def find_runs(paths: Iterable[str | Path]) -> list[Run]:
 
 
 def summary(run: Run) -> dict[str, Any]:
-    """One table row: rounds, final and best test accuracy (%), total GB and wall clock (s)."""
+    """One table row: rounds, final and best test accuracy (%), total GB, wall clock (s) and status."""
     return {
         "run": run.name,
         "strategy": run.strategy,
@@ -116,6 +126,7 @@ def summary(run: Run) -> dict[str, Any]:
         "total comm. (GB)": round(run.cumulative_gb[-1], 4),
         "wall clock (s)": round(run.cumulative_s[-1], 1),
         "rounds scored on fewer clients": ", ".join(map(str, run.partial_rounds)) or None,
+        "status": run.outcome,
     }
 
 
@@ -166,7 +177,9 @@ def write_report(runs: list[Run], output: str | Path) -> tuple[Path, Path]:
     markdown.write_text(
         "# Run comparison\n\n"
         + table(runs)
-        + "\nTotal comm. is training traffic (bytes_up + bytes_down); wall clock is Σ round_s + eval_s.\n"
+        + "\nTotal comm. is training traffic (bytes_up + bytes_down); wall clock is Σ round_s + eval_s. "
+        + "Status is the run's status.json (`unknown`: none, a run from before flsplit wrote one); "
+        + "`k/N rounds` marks a run with fewer rounds than its num-server-rounds.\n"
         + "Rounds scored on fewer clients: their test accuracy covers only the slices of the clients still "
         + "answering (`evaluated_clients`), so it is not comparable with a round over every client; the plot "
         + "rings them.\n"

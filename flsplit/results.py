@@ -1,4 +1,10 @@
-"""Run outputs: ``<results-dir>/<run-name>/config.json`` and one JSON line per round."""
+"""Run outputs: ``<results-dir>/<run-name>/config.json`` and one JSON line per round.
+
+A relative ``results-dir`` is resolved against ``$FLSPLIT_RESULTS_DIR`` or, without it,
+``~/flsplit-results``: the ServerApp runs wherever the SuperLink started it (a folder the
+user does not see, and with a local SuperLink reused across checkouts, another project's), so
+its working directory is never where a run's results should land.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +14,44 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from flsplit.status import write_json_atomic
+
+#: The folder a relative ``results-dir`` is resolved against, when set in the ServerApp's environment.
+RESULTS_ENV = "FLSPLIT_RESULTS_DIR"
+DEFAULT_RESULTS_BASE = "~/flsplit-results"
+
+
+def results_base() -> Path:
+    """``$FLSPLIT_RESULTS_DIR`` or ``~/flsplit-results``, absolute."""
+    configured = os.environ.get(RESULTS_ENV, "")
+    base = Path(configured or DEFAULT_RESULTS_BASE).expanduser()
+    if not base.is_absolute():
+        raise ValueError(f"{RESULTS_ENV}: {configured!r} is relative; set an absolute folder, or unset it for {DEFAULT_RESULTS_BASE}")
+    return base
+
+
+def resolve_results_dir(results_dir: str) -> Path:
+    """The absolute folder of ``results-dir``: as given when absolute (``~`` expanded), else under ``results_base()``."""
+    path = Path(results_dir).expanduser()
+    return (path if path.is_absolute() else results_base() / path).resolve()
+
+
+def flower_run_dir(run_id: int) -> Path:
+    """Where a run whose config cannot be read leaves its status: ``<results base>/flower-run-<run id>``."""
+    return results_base().resolve() / f"flower-run-{run_id}"
+
 
 class ResultsWriter:
     """Writes a run's config once and appends one metrics object per round."""
 
     def __init__(self, results_dir: str, run_name: str) -> None:
-        self.dir = Path(results_dir).expanduser().resolve() / run_name
+        self.dir = resolve_results_dir(results_dir) / run_name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
 
     def write_config(self, config: dict[str, Any]) -> None:
         """Write ``config.json`` atomically."""
-        fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(config, handle, indent=2, sort_keys=True)
-        os.replace(tmp, self.dir / "config.json")
+        write_json_atomic(self.dir / "config.json", config)
 
     def read_config(self) -> dict[str, Any]:
         """The ``config.json`` written by an earlier run of the same name."""

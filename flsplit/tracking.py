@@ -3,7 +3,9 @@
 With the run-config key ``tensorboard = true`` the ServerApp writes an event file to
 ``<results-dir>/<run-name>/tensorboard/`` next to ``metrics.jsonl``; every number that goes into
 ``metrics.jsonl`` becomes a scalar of the same name, with the round as its step. Point
-``tensorboard --logdir <results-dir>`` at the results folder to compare runs. TensorBoard is an
+``tensorboard --logdir <results-dir>`` at the results folder to compare runs. Inside a round,
+every progress line (``progress``, flsplit/progress.py) also becomes two scalars,
+``progress/round_fraction`` and ``progress/samples_per_s``. TensorBoard is an
 optional dependency (``pip install 'flsplit[tracking]'``), so the default costs nothing.
 """
 
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from flsplit.config import ConfigError
+from flsplit.progress import ProgressPoint
 
 TENSORBOARD_DIR = "tensorboard"
 
@@ -24,6 +27,9 @@ class Tracker(Protocol):
     def log(self, metrics: dict[str, Any]) -> None:
         """Record one round's metrics."""
 
+    def progress(self, point: ProgressPoint) -> None:
+        """Record how far the current round is."""
+
     def close(self) -> None:
         """Flush and release whatever the tracker holds."""
 
@@ -33,6 +39,9 @@ class NoTracker:
 
     def log(self, metrics: dict[str, Any]) -> None:
         """Ignore ``metrics``."""
+
+    def progress(self, point: ProgressPoint) -> None:
+        """Ignore ``point``."""
 
     def close(self) -> None:
         """Nothing to release."""
@@ -73,6 +82,13 @@ class TensorBoardTracker:
         step = int(metrics["round"])
         for name, value in scalars(metrics).items():
             self._writer.add_scalar(name, value, global_step=step)
+        self._writer.flush()
+
+    def progress(self, point: ProgressPoint) -> None:
+        """Add the round's fraction done and samples/s, at a step in hundredths of rounds (``(round - 1) * 100 + percent``)."""
+        step = (point.round_number - 1) * 100 + 100 * point.done // point.total
+        self._writer.add_scalar("progress/round_fraction", point.done / point.total, global_step=step)
+        self._writer.add_scalar("progress/samples_per_s", point.samples_per_s, global_step=step)
         self._writer.flush()
 
     def close(self) -> None:

@@ -23,6 +23,14 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     return cache
 
 
+@pytest.fixture(autouse=True)
+def isolated_results(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Relative results-dirs (and the status of runs whose config cannot be read) in a temp dir, never ~/flsplit-results."""
+    results = tmp_path_factory.mktemp("results")
+    monkeypatch.setenv("FLSPLIT_RESULTS_DIR", str(results))
+    return results
+
+
 def _images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, size=n)
@@ -104,7 +112,7 @@ def task_identity() -> Iterator[None]:
 def superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuperLink]:
     """One simulation-mode SuperLink shared by every end-to-end test that can share one (each
     run has its own run ID and results folder), stopped by PID when the session ends."""
-    link = SuperLink(tmp_path_factory.mktemp("flwr-home"))
+    link = SuperLink(tmp_path_factory.mktemp("flwr-home"), env={"FLSPLIT_RESULTS_DIR": str(tmp_path_factory.mktemp("superlink-results"))})
     try:
         yield link
     finally:

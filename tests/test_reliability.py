@@ -84,7 +84,7 @@ EXPECTED = {
 def _adversary(kind: str) -> Callable[[Message, Context], Message]:
     def handler(message: Message, _: Context) -> Message:
         if message.metadata.message_type == "query.hello":
-            return Message(encode(Packet(info={"partition_id": 1, "num_examples": 48, "nice": 0, "threads": 1})), reply_to=message)
+            return Message(encode(Packet(info={"partition_id": 1, "num_examples": 48, "nice": 0, "threads": 1, "batches_per_round": 3})), reply_to=message)
         if kind == "unknown message type":
             reply = Message(_good(), reply_to=message)
             stamp(reply, message_type="query.bogus")

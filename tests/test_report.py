@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from flsplit import cli, report
 from flsplit.results import ResultsWriter
+from flsplit.status import RunStatus, write_json_atomic
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -60,8 +62,8 @@ def test_compare_writes_a_plot_and_a_table_with_each_runs_totals(tmp_path: Path)
     assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 10_000
     rows = _table_rows((output / report.TABLE).read_text())
     # strategy, rounds, final %, best %, GB (3 rounds x (up + down)), wall clock (3 x (10 + 2) s)
-    assert rows["csl-run"] == ["csl", "3", "30", "35", "3", "36", "-"]
-    assert rows["dsl-run"] == ["dsl", "3", "40", "40", "1.5", "36", "-"]
+    assert rows["csl-run"] == ["csl", "3", "30", "35", "3", "36", "-", "unknown"]  # no status.json: written by hand
+    assert rows["dsl-run"] == ["dsl", "3", "40", "40", "1.5", "36", "-", "unknown"]
 
 
 def test_rounds_that_eval_every_skipped_are_left_out_of_the_scores_and_the_plot(tmp_path: Path) -> None:
@@ -73,7 +75,7 @@ def test_rounds_that_eval_every_skipped_are_left_out_of_the_scores_and_the_plot(
     status = cli.main(["compare", str(results), "--output", str(output)])
     # Assert: final and best come from the scored rounds; traffic and time count every round
     assert status == 0 and (output / report.PLOT).stat().st_size > 10_000
-    assert _table_rows((output / report.TABLE).read_text())["skipping"] == ["dsl", "3", "30", "35", "1.5", "36", "-"]
+    assert _table_rows((output / report.TABLE).read_text())["skipping"] == ["dsl", "3", "30", "35", "1.5", "36", "-", "unknown"]
 
 
 def test_rounds_scored_on_fewer_clients_are_named_in_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -84,8 +86,8 @@ def test_rounds_scored_on_fewer_clients_are_named_in_the_table(tmp_path: Path, c
     status = cli.main(["compare", str(results), "--output", str(tmp_path / "report")])
     # Assert: on the console and in comparison.md
     assert status == 0
-    assert _table_rows((tmp_path / "report" / report.TABLE).read_text())["after-failure"][-1] == "2, 3"
-    assert _table_rows(capsys.readouterr().out)["after-failure"][-1] == "2, 3"
+    assert _table_rows((tmp_path / "report" / report.TABLE).read_text())["after-failure"][-2] == "2, 3"
+    assert _table_rows(capsys.readouterr().out)["after-failure"][-2] == "2, 3"
 
 
 def test_run_folders_and_folders_of_runs_can_be_mixed(tmp_path: Path) -> None:
@@ -112,3 +114,25 @@ def test_compare_without_runs_fails_with_a_message(tmp_path: Path, capsys: pytes
     assert status == 2
     assert "no run folders" in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
+
+
+def test_compare_marks_failed_and_partial_runs(tmp_path: Path) -> None:
+    # Prepare: a completed run, one that failed in round 2 of 3, one that died after round 1 of 3
+    results = tmp_path / "results"
+    done = _write_run(results, "done", "dsl", [0.2, 0.3], up=1e6, down=0.0)
+    failed = _write_run(results, "failed", "dsl", [0.2], up=1e6, down=0.0)
+    died = _write_run(results, "died", "dsl", [0.2], up=1e6, down=0.0)
+    for folder in (failed, died):
+        (folder / "config.json").write_text(json.dumps({"strategy": "dsl", "num-server-rounds": 3}))
+    RunStatus(done, {}).complete()
+    RunStatus(failed, {}).fail(RuntimeError("client 0 failed at start-up"), 2)
+    # a killed ServerApp leaves "running" with a heartbeat more than 3 intervals old
+    write_json_atomic(died / "status.json", {"state": "running", "heartbeat_at": time.time() - 91, "heartbeat_interval_s": 30.0})
+    # Execute
+    status = cli.main(["compare", str(results), "--output", str(tmp_path / "report")])
+    # Assert
+    rows = _table_rows((tmp_path / "report" / report.TABLE).read_text())
+    assert status == 0
+    assert rows["done"][-1] == "completed"
+    assert rows["failed"][-1] == "failed, 1/3 rounds"
+    assert rows["died"][-1] == "dead, 1/3 rounds"

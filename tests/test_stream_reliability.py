@@ -97,7 +97,7 @@ def _adversary(kind: str) -> Callable[[Message, Context], Message]:
 
     def handler(message: Message, context: Context) -> Message:
         if message.metadata.message_type == "query.hello":
-            return Message(encode(Packet(info={"partition_id": 1, "num_examples": 48, "nice": 0, "threads": 1})), reply_to=message)
+            return Message(encode(Packet(info={"partition_id": 1, "num_examples": 48, "nice": 0, "threads": 1, "batches_per_round": 3})), reply_to=message)
         request = decode(message.content, [])
         connection = dial(Ticket.from_info(request.info), context.node_id, 5, 1 << 26, 5)
         packet_fn, wire = BAD[kind]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from flsplit.config import ConfigError, parse_run_config
+from flsplit.progress import ProgressPoint
 from flsplit.tracking import NoTracker, TensorBoardTracker, open_tracker, scalars
 
 
@@ -75,3 +76,18 @@ def test_missing_tensorboard_package_names_the_key_and_the_extra(
         open_tracker(True, tmp_path)
     # Assert
     assert "tensorboard" in str(err.value) and "pip install 'flsplit[tracking]'" in str(err.value)
+
+
+def test_progress_points_become_scalars_in_hundredths_of_rounds(tmp_path: Path) -> None:
+    # Prepare
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    tracker = TensorBoardTracker(tmp_path)
+    # Execute: 30 % into round 1, 50 % into round 2
+    tracker.progress(ProgressPoint(1, 3, 10, 40.0, 7.0))
+    tracker.progress(ProgressPoint(2, 5, 10, 50.0, 5.0))
+    tracker.close()
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    # Assert
+    assert [(e.step, e.value) for e in events.Scalars("progress/round_fraction")] == [(30, pytest.approx(0.3)), (150, 0.5)]
+    assert [e.value for e in events.Scalars("progress/samples_per_s")] == [40.0, 50.0]
