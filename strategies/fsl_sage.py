@@ -241,7 +241,7 @@ class FSLSAGE(SplitStrategy):
 
     name = "fsl-sage"
     uses_aux_head = True
-    always_aggregates = True
+    client_sync = "average"
     aggregated_modules = ("bottom",)
     params = FSLSAGEParams
     client = FSLSAGEClient
