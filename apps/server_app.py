@@ -94,7 +94,9 @@ def _run_facts(config: RunConfig, clients: list[rounds.Client]) -> dict[str, Any
         "simulation_pickup": simulation_runtime.pickup_mode(),
     }
     versions = {"flwr_version": flwr.__version__, "torch_version": torch.__version__}
-    return {"num_clients": len(clients), "cut_blocks": config.cut_blocks, "processes": processes} | versions
+    strategy = get_strategy(config.strategy)  # the keys may be empty: what they resolved to (refused here if contradictory)
+    protocol = {"client_sync": strategy.sync_of(config), "serving_order": strategy.order_of(config), "transport": "messages"}
+    return {"num_clients": len(clients), "cut_blocks": config.cut_blocks, "processes": processes} | protocol | versions
 
 
 def _shorten_pull_retries() -> None:

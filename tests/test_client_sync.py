@@ -3,6 +3,7 @@ the order clients are served in, and the relay's hand-offs and their bytes (in p
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,5 @@ def test_relay_hands_the_slice_from_client_to_client_and_counts_its_bytes(tmp_pa
     assert 3 * slice_bytes < rounds[1]["bytes_model_relay"] <= 4 * slice_bytes  # two hand-offs
     assert all(r["bytes_model_sync"] == 0 and len(r["test_accuracy_per_client"]) == 1 for r in rounds)
     assert rounds[1]["bytes_up"] >= rounds[1]["bytes_up_activations"] + rounds[1]["bytes_model_relay"] / 2
+    facts = json.loads((tmp_path / "relay" / "config.json").read_text())
+    assert (facts["client_sync"], facts["serving_order"], facts["transport"]) == ("relay", "sequential", "messages")

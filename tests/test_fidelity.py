@@ -14,7 +14,7 @@ from flwr.app import Context, Message
 from flsplit.aggregation import build_aggregator
 from flsplit.config import ConfigError, parse_run_config
 from flsplit.ledger import Ledger
-from flsplit.models import CutPoint, build_head, cut_shape, next_stage_blocks, resolve_cut
+from flsplit.models import CutPoint, build_head, cut_shape, mirror_stage_blocks, next_stage_blocks, resolve_cut
 from flsplit.optim import build_optimizer, round_lr
 from flsplit.split import build_halves
 from tests.in_process_grid import InProcessGrid
@@ -184,3 +184,14 @@ def test_resume_accepts_keys_a_run_did_not_record_at_their_default_and_keeps_a_s
     assert changed_keys(parse_config({"strategy": "fsl-sage", "lr-schedule": "cosine", "num-server-rounds": 40}), saved) == ["num-server-rounds"]
     constant = parse_config({"strategy": "fsl-sage", "num-server-rounds": 30})
     assert changed_keys(parse_config({"strategy": "fsl-sage", "num-server-rounds": 40}), constant.as_run_config()) == []
+
+
+def test_mirror_head_is_the_tops_first_stage_whether_or_not_the_cut_ends_a_stage() -> None:
+    # Execute
+    inside = list(mirror_stage_blocks("resnet20", 2))  # cut s: 2 of stage 1's 3 blocks
+    at_end = list(mirror_stage_blocks("resnet18", 4))  # after layer2, as the FSL-SAGE reference
+    head = build_halves(parse_run_config({"strategy": "fsl-sage", "aux-head": "resnet-mirror"}))[2]
+    # Assert: the rest of stage 1 and all of stage 2; at a stage's end, the next stage alone
+    assert inside == [3, 4, 5, 6]
+    assert at_end == list(next_stage_blocks("resnet18", 4)) == [5, 6]
+    assert head(torch.zeros(2, 16, 32, 32)).shape == (2, 10)
