@@ -167,6 +167,8 @@ def test_method_presets_are_valid_run_configs(preset: str) -> None:
         assert (config.model, config.cut_blocks, config.head) == ("resnet18", 4, "resnet-stage")
         assert (config.lr, config.weight_decay, config.params.upload_every, config.params.align_every) == (1e-3, 1e-4, 5, 10)
         assert (config.params.align_buffer, config.params.align_epochs, config.partition, config.dirichlet_alpha) == (1000, 100, "dirichlet", 1.0)
+        fsl_sage = get_strategy("fsl-sage")  # the reference's order: one client after another, 0, 1, 2
+        assert fsl_sage.serving_groups(config, 5, 3) == [[0], [1], [2]] and fsl_sage.aggregates(config)
     else:
         assert (config.strategy, config.head, config.optimizer, config.momentum) == ("cse-fsl", "linear", "sgd", 0.0)
         assert (config.lr, config.batch_size, config.params.upload_every) == (0.15, 50, 5)
