@@ -45,7 +45,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from experiments.tables import RESULTS, markdown_table
+from flsplit.config import parse_run_config
 from flsplit.launcher import SuperLink, run_config_text
+from flsplit.optim import round_lr
 from flsplit.results import read_metrics
 
 NAME = "compare_strategies"
@@ -425,13 +427,22 @@ def _write_sweep(path: Path, settings: dict[str, Any], runs: dict[str, dict[str,
         {"entry": LABELS.get(e, e), **{c: round(100 * accs[c], 1) if c in accs else "-" for c in CANDIDATES}, "chosen": chosen.get(e, "-")}
         for e, accs in runs.items()
     ]
+    rounds, batches = settings["num-server-rounds"], settings["max-batches"]
+    epoch = "one full local epoch" if batches == 0 else f"{batches} batches per client"
     header = (
-        f"Optimizer sweep: test accuracy (%) after {settings['num-server-rounds']} rounds of one full local epoch, "
-        f"cosine schedule over those rounds (SGD with a one-round linear warm-up), scored once, after the last "
-        f"round, on {sweep_test_images(settings)}. One seed. Settings: {json.dumps(settings)}\n\n"
+        f"Optimizer sweep: test accuracy (%) after {rounds} rounds of {epoch}, the cosine schedule over those "
+        f"rounds (SGD after a one-round linear warm-up, so its rates per round are {rate_shape(CANDIDATES['sgd-0.05-warmup'], rounds)}"
+        f" of lr, Adam's {rate_shape(CANDIDATES['adam-0.001'], rounds)}), scored once, after the last round, on "
+        f"{sweep_test_images(settings)}. One seed. Settings: {json.dumps(settings)}\n\n"
     )
     path.with_suffix(".md").write_text(header + markdown_table(rows))
     return sweep_result
+
+
+def rate_shape(candidate: dict[str, object], rounds: int) -> str:
+    """The candidate's rate in each of ``rounds`` rounds as fractions of its ``lr`` (``flsplit.optim``)."""
+    config = parse_run_config(dict(candidate) | {"lr-schedule": "cosine", "num-server-rounds": rounds})
+    return ", ".join(f"{round_lr(config, r) / config.lr:.2f}" for r in range(1, rounds + 1))
 
 
 def sweep_test_images(settings: dict[str, Any]) -> str:

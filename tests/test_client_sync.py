@@ -145,3 +145,21 @@ def test_relay_hands_the_slice_from_client_to_client_and_counts_its_bytes(tmp_pa
     assert rounds[1]["bytes_up"] >= rounds[1]["bytes_up_activations"] + rounds[1]["bytes_model_relay"] / 2
     facts = json.loads((tmp_path / "relay" / "config.json").read_text())
     assert (facts["client_sync"], facts["serving_order"], facts["transport"]) == ("relay", "sequential", "messages")
+
+
+@pytest.mark.slow  # a few seconds: the real ServerApp and ClientApps in process, three runs
+@pytest.mark.usefixtures("task_identity")
+def test_a_resumed_relay_continues_from_the_holder_of_the_slice_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    # Prepare: a shuffled relayed run of 3 rounds, and the same run stopped after round 1
+    config = {
+        "dataset": "synthetic", "model": "resnet20", "max-batches": 2, "batch-size": 16, "eval-samples": 32,
+        "chunk-mb": 1.5, "strategy": "csl", "client-sync": "relay", "serve-order": "shuffled", "seed": 3,
+    }
+    whole = run_server_app(config | {"num-server-rounds": 3, "run-name": "whole"}, tmp_path)
+    run_server_app(config | {"num-server-rounds": 1, "run-name": "cut"}, tmp_path)
+    # Execute: resume it for rounds 2 and 3 (a constant rate lets the length grow)
+    resumed = run_server_app(config | {"num-server-rounds": 3, "run-name": "cut", "resume": True}, tmp_path)
+    # Assert: the same hand-offs and the same models
+    for a, b in zip(whole, resumed, strict=True):
+        assert a["bytes_model_relay"] == b["bytes_model_relay"] and a["test_accuracy"] == b["test_accuracy"]
+    assert whole[-1]["test_loss"] == resumed[-1]["test_loss"]
