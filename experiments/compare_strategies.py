@@ -353,7 +353,7 @@ def write_outputs(results: dict[str, dict[str, Any]], settings: dict[str, Any], 
         "(quality 75, 4:2:0 chroma), lossy, so absolute accuracies sit below those on the original PNGs. "
         "Final and last-3-rounds accuracies are mean ± sample std over seeds; GB to a target is the first "
         "crossing, as mean [range] over the seeds that reached it. No accuracy here is selected on the test "
-        "split. The last column is context from another model and cut (the FSL-SAGE paper's ResNet-18 cut "
+        "split. A centralised row's GB is only its one client's model going to the server for scoring. The last column is context from another model and cut (the FSL-SAGE paper's ResNet-18 cut "
         "after layer2, 2,048 floats per sample against 16,384 here), not a like-for-like figure.\n\n"
     )
     table = markdown_table(summary(results, planned, seeds)) if results else ""
