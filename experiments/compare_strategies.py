@@ -356,7 +356,8 @@ def write_outputs(results: dict[str, dict[str, Any]], settings: dict[str, Any], 
         "split. A centralised row's GB is only its one client's model going to the server for scoring. The last column is context from another model and cut (the FSL-SAGE paper's ResNet-18 cut "
         "after layer2, 2,048 floats per sample against 16,384 here), not a like-for-like figure.\n\n"
     )
-    table = markdown_table(summary(results, planned, seeds)) if results else ""
+    rows = summary(results, planned, seeds)
+    table = markdown_table(rows) if rows else "No run is complete yet.\n"
     (output / f"{NAME}.md").write_text(header + table)
     if results:
         plot(results, settings, seeds, output / f"{NAME}.png")

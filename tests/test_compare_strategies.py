@@ -76,6 +76,16 @@ def test_incomplete_seeds_stay_out_of_the_rows_and_the_header_says_partial(tmp_p
     assert (tmp_path / "compare_strategies.png").exists()
 
 
+def test_results_with_no_complete_run_yet_are_written_as_partial(tmp_path: Path) -> None:
+    # Prepare: the first round of the first run
+    results = {"csl": {"0": _run([0.4])}}
+    # Execute
+    text = write_outputs(results, shared_settings(4, 0, 0, 0, "cosine"), [("csl", 0)], tmp_path)
+    # Assert
+    assert text.startswith("PARTIAL: 0 of 1 runs complete") and text.endswith("No run is complete yet.\n")
+    assert (tmp_path / "compare_strategies.png").exists()
+
+
 def test_keeps_only_complete_runs_with_the_optimizer_now_chosen(tmp_path: Path) -> None:
     # Prepare
     settings = shared_settings(1, 0, 0, 0, "cosine")
