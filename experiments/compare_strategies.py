@@ -335,7 +335,8 @@ def write_outputs(results: dict[str, dict[str, Any]], settings: dict[str, Any], 
     planned = settings["num-server-rounds"]
     seeds = sorted({seed for _, seed in plan})
     status = run_status(results, plan, planned)
-    (output / f"{NAME}.json").write_text(json.dumps({"settings": settings, "seeds": seeds, "status": status, "entries": results}, indent=1))
+    payload = {"settings": settings, "seeds": seeds, "plan": plan, "status": status, "entries": results}
+    (output / f"{NAME}.json").write_text(json.dumps(payload, indent=1))
     with open(output / f"{NAME}.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["entry", "seed", "round", "test_accuracy", "cumulative_gb"])
@@ -481,7 +482,7 @@ def main() -> None:
         if not saved_path.exists():
             raise SystemExit(f"--plot-only: no results at {saved_path}")
         saved = json.loads(saved_path.read_text())
-        plan = [(e, seed) for seed in saved["seeds"] for e in saved["entries"]]
+        plan = [(entry, int(seed)) for entry, seed in saved["plan"]]
         print(write_outputs(saved["entries"], saved["settings"], plan, args.output))
         return
     if args.data_dir is None:
@@ -500,8 +501,10 @@ def main() -> None:
         if absent:
             raise SystemExit(f"no sweep result for {absent}: run with --sweep first")
         settings = shared_settings(args.rounds, args.max_batches, args.eval_samples, args.partition_seed, "cosine")
-        results = completed_results(saved_path, settings, {e: optimizer_of(e, chosen) for e in entries})
+        # Complete runs of every entry are kept, also of entries this command does not run.
+        results = completed_results(saved_path, settings, {e: optimizer_of(e, chosen) for e in ENTRIES})
         plan = [(entry, seed) for seed in args.seeds for entry in entries]  # one seed of everything first
+        plan += [(entry, int(seed)) for entry, by_seed in results.items() for seed in by_seed if (entry, int(seed)) not in plan]
         for i, (entry, seed) in enumerate(plan, start=1):
             if str(seed) in results.get(entry, {}):
                 print(f"[{i}/{len(plan)}] {entry} seed {seed}: complete in {saved_path.name}, kept", flush=True)
