@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from flwr.app import ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
-from flsplit import trace
+from flsplit import logstamp, trace
 from flsplit.compression import part_dtypes
 from flsplit.config import RunConfig
 from flsplit.data import eval_indices, test_tensors
+from flsplit.dataplane import Ticket
 from flsplit.memory import measure
 from flsplit.optim import set_round_lr
 from flsplit.split import activation_shape
@@ -33,9 +34,11 @@ from apps.client_state import (
     save_slice,
     write_checkpoint,
 )
+from apps.stream_round import serve_round
 
 simulation_runtime.wake_pickup_on_push()  # must precede the runtime's extractor (see the module)
 app = ClientApp()
+logstamp.install()  # UTC time on flsplit's own log lines (flsplit/logstamp.py)
 IMPORTED_AT = time.time()
 
 MiB = 1 << 20
@@ -77,36 +80,30 @@ def hello(msg: Message, context: Context) -> Message:
         "batches_per_round": _quota(config, loader.batches_per_epoch),
         "nice": os.getpriority(os.PRIO_PROCESS, 0),
         "threads": torch.get_num_threads(),
-    }
+    } | simulation_runtime.worker_resources()
     return Message(encode(Packet(info=info)), reply_to=msg)
 
 
 @app.train("step")
 def train_step(msg: Message, context: Context) -> Message:
-    """One training exchange: apply what came down, train, and upload."""
+    """One training exchange (``transport = "messages"``), or a whole round on the data plane (``"stream"``)."""
     started, entered_at = time.perf_counter(), time.time()
     config = run_config(context)
     strategy = get_strategy(config.strategy)
     half = strategy.client(config)
     client = load_slice(context, config, strategy)
-    specs = half.download_specs(activation_shape(config)) if msg.content.array_records else []
-    request = decode(msg.content, specs, wire_dtype=config.wire_dtype).to(client.placement.device)  # validated on the CPU
-    round_number = int(request.info["round"])  # type: ignore[arg-type]
-    if round_number != client.counters["round"]:
-        client.counters["round"] = round_number
-        client.counters["round_start"] = client.counters["step"]
-        client.counters["round_end"] = client.counters["step"] + _quota(config, client.loader.batches_per_epoch)
-    set_round_lr(client.optimizer, config, round_number)
+    specs = half.download_specs(activation_shape(config))
+    request = decode(msg.content, specs if msg.content.array_records else [], wire_dtype=config.wire_dtype).to(client.placement.device)  # validated on the CPU
+    if "stream_token" in request.info:
+        summary = serve_round(
+            request, Ticket.from_info(request.info), context.node_id, config, specs,
+            lambda r, t: _train_once(half, r, client, config, t), lambda r: r.to(client.placement.device),
+        )
+        save_slice(context, client, config.client_cache)
+        return Message(encode(Packet(info=summary)), reply_to=msg)
     ready_at = time.time()
-    upload = _train_measured(half, request, client, config)
+    upload = _train_once(half, request, client, config, started)
     save_slice(context, client, config.client_cache)
-    timings = client.watch.take()
-    upload.info |= {
-        "fwd_s": timings.get("fwd", 0.0),
-        "bwd_s": timings.get("bwd", 0.0),
-        "handler_s": time.perf_counter() - started,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
     reply = Message(encode(upload, config.wire_dtype), reply_to=msg)
     if trace.enabled():
         trace.record(
@@ -114,6 +111,25 @@ def train_step(msg: Message, context: Context) -> Message:
             import_started=IMPORT_STARTED_AT, imported=IMPORTED_AT, entered=entered_at, ready=ready_at,
         )
     return reply
+
+
+def _train_once(half: ClientHalf, request: Packet, client: ClientSlice, config: RunConfig, started: float) -> Packet:
+    """Apply one request and train to the next upload, timed from ``started`` (when the request arrived)."""
+    round_number = int(request.info["round"])  # type: ignore[arg-type]
+    if round_number != client.counters["round"]:
+        client.counters["round"] = round_number
+        client.counters["round_start"] = client.counters["step"]
+        client.counters["round_end"] = client.counters["step"] + _quota(config, client.loader.batches_per_epoch)
+    set_round_lr(client.optimizer, config, round_number)
+    upload = _train_measured(half, request, client, config)
+    timings = client.watch.take()
+    upload.info |= {
+        "fwd_s": timings.get("fwd", 0.0),
+        "bwd_s": timings.get("bwd", 0.0),
+        "handler_s": time.perf_counter() - started,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    return upload
 
 
 def _train_measured(half: ClientHalf, request: Packet, client: ClientSlice, config: RunConfig) -> Packet:

@@ -147,6 +147,17 @@ class Exchange:
             return Reply(node_id, message, None, f"bad payload: {err}", round_trip, busy)
         return Reply(node_id, message, packet, None, round_trip, busy)
 
+    def replied(self, node_id: int) -> bool:
+        """Whether ``node_id``'s in-flight message has its reply (or was refused), pulling once if not."""
+        if node_id in self._arrived or node_id in self._refused:
+            return True
+        message_id = self._message_of(node_id)
+        return message_id is not None and self._pull(message_id)
+
+    def in_flight(self, node_id: int) -> bool:
+        """Whether a message to ``node_id`` awaits collection with ``receive``."""
+        return self._message_of(node_id) is not None or node_id in self._arrived or node_id in self._refused
+
     def abandon(self, node_id: int) -> None:
         """Forget a node's in-flight message (its reply, if it ever comes, is dropped)."""
         message_id = self._message_of(node_id)

@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import Strategy
 
 from flsplit.aggregation import aggregate_replies
 from flsplit.config import RunConfig
+from flsplit.coverage import covers_fewer_clients
 from flsplit.memory import MemoryReading, measure, tensor_bytes
 from flsplit.optim import set_round_lr
 from flsplit.protocol import MessageKind
@@ -27,6 +28,7 @@ from flsplit.split import activation_shape
 from flsplit.wire import Packet, PayloadError, weight_specs
 from strategies import ServerHalf, SplitStrategy
 from apps.exchange import Exchange, Reply
+from apps.stream_exchange import StreamExchange
 
 MiB = 1 << 20
 
@@ -41,6 +43,7 @@ class Client:
     num_examples: int
     nice: int  # the ClientApp process's niceness (Ray's workers: 15 unless told otherwise)
     threads: int  # its torch intra-op threads
+    worker_resources: dict[str, float] = field(default_factory=dict)  # in simulation: what Ray reserved for it
 
 
 @dataclass
@@ -60,6 +63,7 @@ class RoundStats:
     client_cuda_peak: int | None = None  # highest torch.cuda.max_memory_allocated of a probe; None off CUDA
     server_cuda_peak: int | None = None
     failures: dict[int, str] = field(default_factory=dict)  # partition id -> reason
+    client_metrics: dict[str, float] = field(default_factory=dict)  # a client half's own (Packet.add_metric), summed
 
     def note_upload(self, upload: Packet, reply: Reply) -> None:
         """Add one training upload's report (the ClientApp's timing and memory, the strategy's loss)."""
@@ -74,6 +78,8 @@ class RoundStats:
         self.aux_loss_sum += report.aux_loss_sum
         self.samples += report.local_samples
         self.peak_rss_mb = max(self.peak_rss_mb, report.peak_rss_mb)
+        for name, value in report.metrics.items():
+            self.client_metrics[name] = self.client_metrics.get(name, 0.0) + value
         if report.memory is not None:
             self.note_memory("client", report.memory)
 
@@ -110,6 +116,7 @@ class RoundStats:
             out[f"{party}_saved_mb"] = reading.saved / MiB if reading else None
             cuda = getattr(self, f"{party}_cuda_peak")
             out[f"{party}_cuda_peak_mb"] = cuda / MiB if cuda is not None else None
+        out |= {f"client.{name}": value for name, value in sorted(self.client_metrics.items())}
         out["failed_clients"] = sorted(self.failures)
         out["failures"] = [{"client": pid, "reason": why} for pid, why in sorted(self.failures.items())]
         return out
@@ -131,6 +138,7 @@ class UploadReport:
     aux_loss_sum: float
     local_samples: int
     memory: MemoryReading | None
+    metrics: dict[str, float]  # the strategy's own client metrics (Packet.add_metric)
 
     @classmethod
     def of(cls, upload: Packet) -> UploadReport:
@@ -154,6 +162,7 @@ class UploadReport:
             )
             if probed
             else None,
+            metrics=upload.metrics,
         )
 
 
@@ -167,12 +176,13 @@ def hello(exchange: Exchange, node_ids: list[int], info: dict) -> list[Client]:
         if reply.packet is None:
             raise RuntimeError(f"node {node_id} failed at start-up: {reply.error}")
         info = reply.packet.info
-        found.append((int(info["partition_id"]), node_id, int(info["num_examples"]), int(info["nice"]), int(info["threads"])))
-    found.sort()
+        resources = {key: float(info[key]) for key in ("worker_cpus", "worker_gpus") if key in info}  # type: ignore[arg-type]
+        found.append((int(info["partition_id"]), node_id, int(info["num_examples"]), int(info["nice"]), int(info["threads"]), resources))
+    found.sort(key=lambda entry: entry[0])
     partitions = [pid for pid, *_ in found]
     if len(set(partitions)) != len(partitions):
         raise RuntimeError(f"node-config: two nodes share a partition-id ({partitions}); give each its own")
-    clients = [Client(node_id, i, pid, n, nice, threads) for i, (pid, node_id, n, nice, threads) in enumerate(found)]
+    clients = [Client(node_id, i, pid, n, nice, threads, res) for i, (pid, node_id, n, nice, threads, res) in enumerate(found)]
     exchange.client_index = {c.node_id: c.index for c in clients}
     return clients
 
@@ -187,7 +197,7 @@ class RoundDriver:
 
     def __init__(
         self,
-        exchange: Exchange,
+        exchange: Exchange | StreamExchange,
         server: ServerHalf,
         strategy: type[SplitStrategy],
         clients: list[Client],
@@ -202,6 +212,8 @@ class RoundDriver:
         self.aggregated: dict[str, torch.Tensor] | None = None  # the last round's averaged slice
         self.holder: Client | None = None  # with client-sync = "relay": the client holding the slice
         server.partition_sizes = {c.index: c.num_examples for c in clients}
+        if isinstance(exchange, StreamExchange):
+            exchange.check_capacity(clients, 1 if strategy.serves_sequentially(config) else len(clients))
 
     def run_round(self, round_number: int) -> dict[str, Any]:
         """Train, aggregate (if the strategy does), evaluate; return the round's metrics."""
@@ -348,7 +360,9 @@ class RoundDriver:
         aggregated weights (if any) and tells it to checkpoint its slice as of this round.
         With aggregated slices every client holds the same weights, so only the first one
         runs the test split; in a round that ``eval-every`` skips, none does, and the test
-        metrics are ``None``.
+        metrics are ``None``. ``evaluated_clients`` names the partitions whose slices the
+        accuracy covers (the averaged slice covers every client that went into the average),
+        so a round after a failure is not mistaken for one over the whole federation.
         """
         reachable = [c for c in self.clients if c.partition_id not in stats.failures]
         scores = self.config.scores_round(round_number)
@@ -358,22 +372,25 @@ class RoundDriver:
         for client in reachable:
             info = {"offset": 0, "evaluate": client in evaluators, "checkpoint_round": round_number}
             self.exchange.send(client.node_id, MessageKind.EVALUATE, Packet({"weights": weights} if weights is not None else {}, info))
-        results = []
+        results, scored_partitions = [], []
         self.server.top.eval()
         for client in reachable:
             scored = self._score(client, client in evaluators, stats)
             if scored is not None:
                 results.append(scored)
+                scored_partitions.append(client.partition_id)
         self.server.top.train()
         if not scores:
-            return {"test_accuracy": None, "test_loss": None, "aux_accuracy": None, "test_accuracy_per_client": None}
+            return {"test_accuracy": None, "test_loss": None, "aux_accuracy": None, "evaluated_clients": None, "test_accuracy_per_client": None}
         if not results:
-            return {"test_accuracy": float("nan"), "test_loss": float("nan"), "aux_accuracy": None, "test_accuracy_per_client": []}
+            nan = float("nan")
+            return {"test_accuracy": nan, "test_loss": nan, "aux_accuracy": None, "evaluated_clients": [], "test_accuracy_per_client": []}
         return {
             "test_accuracy": sum(r[0] for r in results) / len(results),
             "test_loss": sum(r[1] for r in results) / len(results),
             "aux_accuracy": sum(r[2] for r in results) / len(results),
-            # Un-synced slices are separate models: each one's accuracy, in the order scored.
+            "evaluated_clients": [c.partition_id for c in reachable] if weights is not None else scored_partitions,
+            # Un-synced slices are separate models: each one's accuracy, in partition order.
             "test_accuracy_per_client": [r[0] for r in results],
         }
 
@@ -410,6 +427,8 @@ def round_line(metrics: dict[str, Any], total_rounds: int) -> str:
     scored = "not scored (eval-every)" if metrics["test_accuracy"] is None else (
         f"test_acc={metrics['test_accuracy']:.4f} test_loss={metrics['test_loss']:.4f}"
     )
+    if covers_fewer_clients(metrics):
+        scored += f" (covers only clients {metrics['evaluated_clients']} of {metrics['num_clients']})"
     return (
         f"round {metrics['round']}/{total_rounds}: {scored} train_loss={metrics['train_loss']:.4f} "
         f"up={metrics['bytes_up'] / MiB:.1f}MiB down={metrics['bytes_down'] / MiB:.1f}MiB "

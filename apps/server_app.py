@@ -14,7 +14,7 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from flsplit import checkpoint
+from flsplit import checkpoint, logstamp
 from flsplit.aggregation import build_aggregator
 from flsplit.config import ConfigError, RunConfig
 from flsplit.device import Placement, set_deterministic
@@ -25,9 +25,10 @@ from flsplit.split import build_halves
 from flsplit.tracking import open_tracker
 from strategies import ServerHalf, SplitStrategy, get_strategy, parse_config
 from apps import fast_pull, rounds, simulation_runtime
-from apps.exchange import Exchange
+from apps.stream_exchange import open_exchange
 
 app = ServerApp()
+logstamp.install()  # UTC time on flsplit's own log lines (flsplit/logstamp.py)
 
 CHECKPOINT = "checkpoint.pt"
 #: How long the ServerApp waits for ``min-clients`` nodes to connect.
@@ -56,7 +57,7 @@ def main(grid: Grid, context: Context) -> None:
     node_ids = _wait_for_nodes(grid, config)
     index = {n: i for i, n in enumerate(node_ids)}
     busy = lambda: server.watch.total  # noqa: E731 - the server's compute so far, for comm_s
-    with Exchange(grid, ledger, index, timeout_s=config.message_timeout, wire_dtype=config.wire_dtype, eval_wire_dtype=config.eval_wire, busy_clock=busy) as exchange:
+    with open_exchange(grid, ledger, index, config, busy) as exchange:
         setup = {"clients_dir": str(writer.dir / "clients")} | ({"restore_round": first_round - 1} if restored else {})
         clients = rounds.hello(exchange, node_ids, setup)
         if not restored:
@@ -95,7 +96,7 @@ def _run_facts(config: RunConfig, clients: list[rounds.Client]) -> dict[str, Any
     }
     versions = {"flwr_version": flwr.__version__, "torch_version": torch.__version__}
     strategy = get_strategy(config.strategy)  # the keys may be empty: what they resolved to (refused here if contradictory)
-    protocol = {"client_sync": strategy.sync_of(config), "serving_order": strategy.order_of(config), "transport": "messages"}
+    protocol = {"client_sync": strategy.sync_of(config), "serving_order": strategy.order_of(config), "transport": config.transport}
     return {"num_clients": len(clients), "cut_blocks": config.cut_blocks, "processes": processes} | protocol | versions
 
 

@@ -131,3 +131,20 @@ def match_worker_priority() -> int:
     if target > current and os.environ.get(PRIORITY_ENV, "keep") == "match-workers":
         os.setpriority(os.PRIO_PROCESS, 0, target)
     return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def worker_resources() -> dict[str, float]:
+    """What Ray reserved for the calling ClientApp (``worker_cpus``, ``worker_gpus``); empty outside a Ray worker."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return {}
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    return {"worker_cpus": float(assigned.get("CPU", 0.0)), "worker_gpus": float(assigned.get("GPU", 0.0))}
+
+
+def concurrent_workers(worker_cpus: float, worker_gpus: float) -> int:
+    """How many ClientApps Flower's Ray backend runs at once with these resources each (its own arithmetic)."""
+    from flwr.simulation.ray_transport.ray_actor import pool_size_from_resources  # noqa: PLC0415 - Ray is up only here
+
+    resources = {"num_cpus": worker_cpus} | ({"num_gpus": worker_gpus} if worker_gpus else {})
+    return pool_size_from_resources(resources)

@@ -4,7 +4,7 @@ The client trains exactly as in DSL, on its clean activations; only the copy tha
 the server is perturbed, ``z + σ·std(z)·ε`` with ε ~ N(0, 1), a simple way to blur what the
 server learns about individual samples. Nothing in ``flsplit`` changes: select it with
 
-    flwr run . --run-config "strategy='examples.noisy_activations:NoisyDSL' noisy-scale=0.2"
+    flwr run . --run-config "strategy='examples.noisy_activations:NoisyDSL' strategy-config='noisy-scale = 0.2'"
 
 ``noisy-scale`` is the strategy's own run-config key, declared by ``NoisyParams`` and
 validated with the rest of the config. ``docs/strategies.md`` walks through this file.

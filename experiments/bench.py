@@ -7,7 +7,7 @@ number of batches per client), it measures:
   auxiliary head or server gradient, top slice) on the same batches in the same order, in the
   same precision (``amp``);
 - (b) the same training through ``flwr run`` in the simulation engine, for DSL and CSL, in each
-  of the ``VARIANTS``: Flower 1.41 as it ships, each of ``apps.simulation_runtime``'s fixes
+  of the ``VARIANTS``: Flower as it ships, each of ``apps.simulation_runtime``'s fixes
   added in turn, bf16 autocast, two CPUs per client, smaller and larger DSL chunks;
 
 and reports b/a per row, CSL's per-batch round trip, wire bytes against raw tensor bytes, peak
@@ -17,7 +17,8 @@ start-up (SuperLink, Ray, first data load) is excluded from the per-round figure
 up, round 2 is timed, and the start-up is reported on its own. Medians over ``--repeats``, the
 rows of one repeat run back to back. Writes ``experiments/results/bench.json`` and ``bench.md``.
 
-    python -m experiments.bench --data-dir ../shared/data      # about 25 minutes on 2 cores
+    python -m experiments.bench --data-dir ../shared/data      # about 30 minutes on 2 cores
+    python -m experiments.bench --data-dir ../shared/data --only 'pickup on push' --only stream --name bench_transport
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ VARIANTS = [
     Variant("default, 2 CPUs per client", "csl", cpus_per_client=2),
     Variant("default, chunk-mb 16", "dsl", keys={"chunk-mb": 16}),
     Variant("default, chunk-mb 256", "dsl", keys={"chunk-mb": 256}),
+    *(Variant("transport stream (data plane, loopback TCP)", s, keys={"transport": "stream"}) for s in ("dsl", "csl")),
 ]
 
 
@@ -178,34 +180,37 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--batches", type=int, default=30, help="batches per client per round")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--only", action="append", default=[], help="run only the setups containing this text (repeatable)")
+    parser.add_argument("--name", default="bench", help="results file name under experiments/results (default: bench)")
     args = parser.parse_args()
+    variants = [v for v in VARIANTS if not args.only or any(text in v.setup for text in args.only)]
     data_dir = str(Path(args.data_dir).resolve())
     torch.manual_seed(0)
-    environments = {tuple(sorted(v.env.items())) for v in VARIANTS}
+    environments = {tuple(sorted(v.env.items())) for v in variants}
     references: dict[tuple[str, str], list[float]] = {}
     raw_bytes: dict[str, int] = {}
-    runs: list[list[dict]] = [[] for _ in VARIANTS]
+    runs: list[list[dict]] = [[] for _ in variants]
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         links = {env: stack.enter_context(SuperLink(Path(tmp) / f"home-{i}", env=dict(env))) for i, env in enumerate(sorted(environments))}
         for repeat in range(args.repeats):
-            for strategy, amp in sorted({(v.strategy, v.amp) for v in VARIANTS}):
+            for strategy, amp in sorted({(v.strategy, v.amp) for v in variants}):
                 seconds, raw_bytes[strategy] = reference_epoch(strategy, data_dir, args.batches, amp)
                 references.setdefault((strategy, amp), []).append(seconds)
                 print(f"repeat {repeat + 1}/{args.repeats}: reference {strategy} amp {amp}: {seconds:.1f} s", flush=True)
-            for i, variant in enumerate(VARIANTS):
+            for i, variant in enumerate(variants):
                 link = links[tuple(sorted(variant.env.items()))]
                 runs[i].append(flower_run(link, variant, data_dir, args.batches, Path(tmp), f"v{i}-r{repeat}"))
                 print(f"repeat {repeat + 1}/{args.repeats}: {variant.strategy} {variant.setup}: flower {runs[i][-1]['round_s']:.1f} s", flush=True)
     rows = [
         row(v, statistics.median(references[(v.strategy, v.amp)]), raw_bytes[v.strategy], runs[i], args.batches)
-        for i, v in enumerate(VARIANTS)
+        for i, v in enumerate(variants)
     ]
     facts = {
         "batches_per_client": args.batches, "repeats": args.repeats, "clients": CLIENTS,
         "reference_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_threads_reference": torch.get_num_threads(),
     }
-    print(write_results("bench", rows, facts))
+    print(write_results(args.name, rows, facts))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """The one place where run-config keys are defined and validated.
 
 Keys are kebab-case, as in ``[tool.flwr.app.config]``. Validation runs before any training,
-and every bad key is reported in one message that names the key and what it accepts.
+and every bad key is reported in one message that names the key and what it accepts. Types are
+strict, as TOML's are: a boolean is not a number, a number is not a boolean or a string; an
+integer is a valid float (``lr = 1``).
 """
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -29,10 +32,12 @@ class RunConfig(BaseModel):
     """Validated run configuration (see the settings table in docs/settings.md)."""
 
     model_config = ConfigDict(
-        alias_generator=_kebab, extra="forbid", frozen=True, protected_namespaces=()
+        alias_generator=_kebab, extra="forbid", frozen=True, protected_namespaces=(), strict=True
     )
 
     strategy: str = "dsl"
+    #: A plug-in's own keys as TOML (``"clip-norm = 0.5"``), so a plug-in needs no declared key.
+    strategy_config: str = ""
     model: str = "resnet20"
     cut: str = "s"
     aux_head: str = ""  # empty: the strategy's default (see ``head``)
@@ -78,15 +83,24 @@ class RunConfig(BaseModel):
     server_device: str = ""  # the ServerApp's device; empty: device
     amp: Literal["off", "bf16", "fp16"] = "off"  # autocast of the forward passes
     deterministic: bool = False  # deterministic kernels (cuDNN, cuBLAS)
+    transport: Literal["messages", "stream"] = "messages"  # how a round's per-batch tensors travel
+    stream_listen: str = ""  # host:port the ServerApp's data plane binds; empty: 127.0.0.1:0 (simulation), 0.0.0.0:0
+    stream_advertise: str = ""  # host:port clients dial; empty: the bound address
+    stream_tls: Literal["auto", "on", "off"] = "auto"  # auto: TLS on SuperNodes, plain TCP on simulation's loopback
+    max_frame_mb: float = Field(256.0, gt=0)  # the largest data-plane frame either side accepts
+    stream_handshake_timeout: float = Field(60.0, gt=0)  # seconds for a client to dial in and present its ticket
     #: The strategy's own settings (``SplitStrategy.params``), validated from its keys.
     params: Any = Field(default=None, exclude=True)
 
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, value: str, info: ValidationInfo) -> str:
-        known = (info.context or {}).get("strategies")
+        context = info.context or {}
+        known = context.get("strategies")
         if known is not None and value not in known and "." not in value:
             raise ValueError(f"unknown strategy '{value}'; choose one of {sorted(known)}")
+        if context.get("strategy_error"):  # a dotted path that does not name a usable strategy
+            raise ValueError(context["strategy_error"])
         return value
 
     @field_validator("aggregation")
@@ -234,7 +248,7 @@ class StrategyParams(BaseModel):
     one-error-for-every-bad-key report, and a strategy reads them as ``config.params``.
     """
 
-    model_config = ConfigDict(alias_generator=_kebab, extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(alias_generator=_kebab, extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
     @classmethod
     def keys(cls) -> set[str]:
@@ -246,28 +260,58 @@ def parse_run_config(
     raw: Mapping[str, Any],
     strategies: Mapping[str, type[StrategyParams] | None] | Iterable[str] | None = None,
     declared: Iterable[str] = (),
+    strategy_error: str = "",
 ) -> RunConfig:
     """Validate a Flower run config; raise one ``ConfigError`` that lists every bad key.
 
     ``strategies`` names the known strategies, or maps each to its settings
-    (``StrategyParams``). The selected strategy's keys are validated into ``config.params``;
-    keys of the other strategies are accepted unread (``pyproject.toml`` sets them all for
-    ``flwr run``), and so are the ``declared`` keys that nothing here reads: in a Flower app,
-    the keys its ``pyproject.toml`` declares for a plug-in that is not the one running.
+    (``StrategyParams``). The selected strategy's keys are validated into ``config.params``,
+    from their own keys or from ``strategy-config``, which overrides them; keys of the other
+    strategies are accepted unread (``pyproject.toml`` sets them all for ``flwr run``), and so
+    are the ``declared`` keys that nothing here reads: in a Flower app, the keys its
+    ``pyproject.toml`` declares for a plug-in that is not the one running. ``strategy_error``
+    says why the selected strategy's dotted path names no strategy; it joins the report.
     """
     models = {name: model for name, model in strategies.items() if model} if isinstance(strategies, Mapping) else {}
-    context = {"strategies": set(strategies)} if strategies is not None else None
+    context = {"strategies": set(strategies), "strategy_error": strategy_error} if strategies is not None else None
     owned = {key for model in models.values() for key in model.keys()}
     unread = set(declared) - run_config_keys() - owned
     raw = {k: v for k, v in raw.items() if k not in unread}
     problems = ["  - params: unknown key; a strategy's settings are keys of their own"] if "params" in raw else []
     config = _validate(RunConfig, {k: v for k, v in raw.items() if k not in owned}, context, problems, owned)
-    chosen = models.get(str(raw.get("strategy", RunConfig.model_fields["strategy"].default)))
-    params = _validate(chosen, {k: v for k, v in raw.items() if k in chosen.keys()}, None, problems, owned) if chosen else None
+    name = str(raw.get("strategy", RunConfig.model_fields["strategy"].default))
+    chosen = models.get(name)
+    own = {k: v for k, v in raw.items() if chosen and k in chosen.keys()}
+    if not strategy_error:  # a strategy that cannot be imported has no keys to check against
+        own |= _strategy_config(raw.get("strategy-config", ""), name, chosen, problems)
+    params = _validate(chosen, own, None, problems, owned) if chosen else None
     if problems:
         raise ConfigError("invalid run config:\n" + "\n".join(problems))
     assert config is not None
     return config.model_copy(update={"params": params})
+
+
+def _strategy_config(text: Any, strategy: str, model: type[StrategyParams] | None, problems: list[str]) -> dict[str, Any]:
+    """The keys in ``strategy-config`` (TOML: ``"a = 1"``, or an inline table ``"{a = 1, b = 2}"``).
+
+    Each must be one of the selected strategy's own keys; a shared key (``lr``) is set as itself.
+    """
+    if not isinstance(text, str) or not text.strip():
+        return {}  # a non-string is reported by RunConfig's own check
+    try:
+        table = tomllib.loads(f"table = {text}" if text.strip().startswith("{") else text)
+        table = table["table"] if text.strip().startswith("{") else table
+    except tomllib.TOMLDecodeError as err:
+        problems.append(
+            f"  - strategy-config: not TOML ({err}) (got {text!r}); write e.g. 'clip-norm = 0.5' "
+            "or '{clip-norm = 0.5, clip-every = 2}'"
+        )
+        return {}
+    valid = sorted(model.keys()) if model else []
+    for key in sorted(set(table) - set(valid)):
+        where = "a shared key: set it as its own run-config key" if key in run_config_keys() else f"the keys of '{strategy}' are {valid}"
+        problems.append(f"  - strategy-config: unknown key '{key}'; {where}")
+    return {k: v for k, v in table.items() if k in valid}
 
 
 def _validate(model: type[BaseModel], raw: dict[str, Any], context: dict | None, problems: list[str], owned: set[str]) -> Any:
@@ -281,9 +325,24 @@ def _validate(model: type[BaseModel], raw: dict[str, Any], context: dict | None,
             if problem["type"] == "extra_forbidden":
                 message = f"unknown key; valid keys are {sorted(run_config_keys() | owned)}"
             elif "input" in problem and not isinstance(problem["input"], dict):
-                message = f"{message} (got {problem['input']!r})"
+                message = f"expected {_EXPECTED[problem['type']]}" if problem["type"] in _EXPECTED else message
+                message = f"{message} (got {_as_toml(problem['input'])})"
             problems.append(f"  - {key}: {message}" if key else f"  - {message}")  # a whole-model check names its keys
         return None
+
+
+#: What a key of each type accepts, in TOML's words (a type error's message).
+_EXPECTED = {
+    "float_type": "a number",
+    "int_type": "an integer",
+    "bool_type": "true or false",
+    "string_type": "a string",
+}
+
+
+def _as_toml(value: Any) -> str:
+    """``value`` as a user wrote it in ``--run-config`` (``true``, not Python's ``True``)."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def run_config_keys() -> set[str]:

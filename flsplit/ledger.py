@@ -28,18 +28,19 @@ class Ledger:
 
     def count(self, client: int, direction: str, content: RecordDict, phase: str = "train") -> int:
         """Add one message's content; return its serialized size."""
-        total = 0
-        for name, record in content.items():
-            kind = name if name in KINDS else "control"
-            size = serialized_size(record)
+        sizes = {name if name in KINDS else "control": serialized_size(record) for name, record in content.items()}
+        return self.count_sizes(client, direction, sizes, phase)
+
+    def count_sizes(self, client: int, direction: str, sizes: dict[str, int], phase: str = "train") -> int:
+        """Add one message's or frame's bytes, given per kind (``control``: everything but tensors)."""
+        for kind, size in sizes.items():
             # Model weights are training traffic, even when they ride on an evaluate message; a
             # slice handed from client to client (``client-sync = "relay"``) has a line of its own.
             if kind == "weights" and phase == "relay":
                 kind = "relay"
             self._round[(client, direction, kind, "train" if kind in ("weights", "relay") or phase == "relay" else phase)] += size
-            total += size
         self.messages += 1
-        return total
+        return sum(sizes.values())
 
     def round_summary(self) -> dict[str, int]:
         """This round's byte counts as metrics fields; moves them into the run totals."""

@@ -17,6 +17,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from flsplit.coverage import covers_fewer_clients
 from flsplit.markdown import markdown_table
 from flsplit.results import read_metrics
 
@@ -51,6 +52,11 @@ class Run:
     def scored_accuracy(self) -> list[float]:
         """The test accuracies of the rounds that were scored, in round order."""
         return [a for a in self.test_accuracy if a is not None]
+
+    @property
+    def partial_rounds(self) -> list[int]:
+        """Rounds whose test accuracy covers fewer clients than the federation (``flsplit.coverage``)."""
+        return [int(m["round"]) for m in self.rounds if covers_fewer_clients(m)]
 
     @property
     def cumulative_gb(self) -> list[float]:
@@ -109,6 +115,7 @@ def summary(run: Run) -> dict[str, Any]:
         "best test acc. (%)": round(100 * max(run.scored_accuracy), 2),
         "total comm. (GB)": round(run.cumulative_gb[-1], 4),
         "wall clock (s)": round(run.cumulative_s[-1], 1),
+        "rounds scored on fewer clients": ", ".join(map(str, run.partial_rounds)) or None,
     }
 
 
@@ -124,7 +131,10 @@ def plot(runs: list[Run], path: Path) -> None:
     for ax, (label, xs, scale) in zip(axes, panels):
         for run in runs:
             scored = [(x, 100 * a) for x, a in zip(xs(run), run.test_accuracy) if a is not None]
-            ax.plot(*zip(*scored), marker="o", label=f"{run.name} ({run.strategy})")
+            (line,) = ax.plot(*zip(*scored), marker="o", label=f"{run.name} ({run.strategy})")
+            partial = [(x, 100 * a) for x, a, m in zip(xs(run), run.test_accuracy, run.rounds) if a is not None and covers_fewer_clients(m)]
+            if partial:  # hollow: scored on part of the federation only
+                ax.plot(*zip(*partial), linestyle="none", marker="o", markersize=11, markerfacecolor="none", color=line.get_color())
         ax.set_xscale(scale)
         if scale == "log":  # plain numbers (0.5, 1, 2, 5) instead of powers of ten
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -157,6 +167,9 @@ def write_report(runs: list[Run], output: str | Path) -> tuple[Path, Path]:
         "# Run comparison\n\n"
         + table(runs)
         + "\nTotal comm. is training traffic (bytes_up + bytes_down); wall clock is Σ round_s + eval_s.\n"
+        + "Rounds scored on fewer clients: their test accuracy covers only the slices of the clients still "
+        + "answering (`evaluated_clients`), so it is not comparable with a round over every client; the plot "
+        + "rings them.\n"
         + f"\n![test accuracy]({PLOT})\n",
         encoding="utf-8",
     )

@@ -22,6 +22,8 @@ from flsplit.device import to_device, to_host
 from flsplit.flwr_internals import serialized_objects
 
 INFO = "info"
+#: ``info`` entries under this prefix are a client half's own metrics (``Packet.add_metric``).
+METRIC_PREFIX = "metric."
 KINDS = ("activations", "labels", "gradients", "weights", "aux_model")
 #: Kinds that hold one row per sample, so their first dimensions must agree within a message.
 BATCH_KINDS = ("activations", "labels", "gradients")
@@ -39,7 +41,9 @@ class Packet:
 
     Uploads carry cut-layer activations ``z`` and their labels ``y``; CSL-style replies carry
     the gradient ``dz``. Read and build those through ``activations``, ``labels``,
-    ``gradients``, ``Packet.upload`` and ``Packet.gradient``, which name the tensor paths once.
+    ``gradients``, ``Packet.upload`` and ``Packet.gradient``, which name the tensor paths once;
+    a plug-in that transforms what a parent strategy sends assigns ``activations`` or
+    ``gradients`` (the labels are the data's own, so they have no setter).
     """
 
     tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
@@ -83,6 +87,27 @@ class Packet:
     def gradients(self) -> torch.Tensor:
         """The gradient ``dz`` of the loss with respect to the activations."""
         return self._tensor("gradients", "dz")
+
+    @gradients.setter
+    def gradients(self, dz: torch.Tensor) -> None:
+        self.tensors.setdefault("gradients", {})["dz"] = dz
+
+    def add_metric(self, name: str, value: float) -> None:
+        """Report a client-side metric: the server sums it over the round's uploads into
+        ``metrics.jsonl`` as ``client.<name>`` (send a sum and a count for a mean)."""
+        key = METRIC_PREFIX + name
+        self.info[key] = self.info.get(key, 0) + value  # type: ignore[operator]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The client metrics this packet carries (``add_metric``), by name; each must be a number."""
+        out = {}
+        for key, value in self.info.items():
+            if key.startswith(METRIC_PREFIX):
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise PayloadError(f"info.{key}: a client metric must be a number, got {value!r}")
+                out[key.removeprefix(METRIC_PREFIX)] = float(value)
+        return out
 
     def _tensor(self, kind: str, name: str) -> torch.Tensor:
         try:
@@ -191,7 +216,7 @@ def _decode_array(array: Array, spec: TensorSpec, check_finite: bool = True) -> 
     expected_dtype = str(torch.empty(0, dtype=spec.dtype).numpy().dtype)
     if array.dtype != expected_dtype:
         raise PayloadError(f"{where}: dtype {array.dtype}, expected {expected_dtype}")
-    _check_shape(where, tuple(array.shape), spec.shape)
+    check_shape(where, tuple(array.shape), spec.shape)
     try:
         values = array.numpy()
     except Exception as err:  # noqa: BLE001 - truncated or corrupt bytes
@@ -202,6 +227,12 @@ def _decode_array(array: Array, spec: TensorSpec, check_finite: bool = True) -> 
             f"metadata says {array.dtype}{list(array.shape)}"
         )
     tensor = torch.from_numpy(values if values.flags.writeable else values.copy())  # np.load's array is fresh
+    check_values(where, tensor, spec, check_finite)
+    return tensor
+
+
+def check_values(where: str, tensor: torch.Tensor, spec: TensorSpec, check_finite: bool = True) -> None:
+    """Refuse NaN/Inf (floating tensors, if ``check_finite``) and labels outside ``spec.num_classes``."""
     if check_finite and tensor.is_floating_point() and not all_finite(tensor):
         raise PayloadError(f"{where}: contains NaN or Inf")
     if spec.num_classes is not None and tensor.numel() and (
@@ -211,7 +242,6 @@ def _decode_array(array: Array, spec: TensorSpec, check_finite: bool = True) -> 
             f"{where}: label values span [{int(tensor.min())}, {int(tensor.max())}], "
             f"expected [0, {spec.num_classes - 1}]"
         )
-    return tensor
 
 
 def _decode_compressed(record: ArrayRecord, spec: TensorSpec, wire_dtype: str) -> torch.Tensor:
@@ -227,7 +257,8 @@ def _decode_compressed(record: ArrayRecord, spec: TensorSpec, wire_dtype: str) -
     return tensor
 
 
-def _check_shape(where: str, got: tuple[int, ...], want: tuple[int | None, ...]) -> None:
+def check_shape(where: str, got: tuple[int, ...], want: tuple[int | None, ...]) -> None:
+    """Refuse a shape of another rank, or with a size other than a fixed one in ``want``."""
     if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want)):
         shown = ["*" if w is None else w for w in want]
         raise PayloadError(f"{where}: shape {list(got)}, expected {shown}")

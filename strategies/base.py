@@ -354,11 +354,25 @@ _REGISTRY: dict[str, type[SplitStrategy]] = {}
 
 
 def register(strategy: type[SplitStrategy]) -> type[SplitStrategy]:
-    """Make a strategy selectable by its ``name`` in the ``strategy`` run-config key."""
+    """Make a strategy selectable by its ``name`` in the ``strategy`` run-config key.
+
+    A name already taken by another class is an error, so a plug-in can never silently replace
+    a built-in; the same class registered again (its module re-imported) is not.
+    """
     if not strategy.name:
         raise ValueError(f"{strategy.__qualname__} needs a non-empty 'name'")
+    taken = _REGISTRY.get(strategy.name)
+    if taken is not None and _class_path(taken) != _class_path(strategy):
+        raise ValueError(
+            f"strategy name '{strategy.name}' is registered by {_class_path(taken)}; "
+            f"give {_class_path(strategy)} a name of its own"
+        )
     _REGISTRY[strategy.name] = strategy
     return strategy
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def strategy_names() -> list[str]:
@@ -375,13 +389,14 @@ def parse_config(raw: Mapping[str, Any], from_flower: bool = False) -> RunConfig
     has already checked, so keys of plug-ins other than the selected one are ignored.
     """
     params = {name: strategy.params for name, strategy in _REGISTRY.items()}
-    name = str(raw.get("strategy", ""))
-    if name and name not in params and "." in name.replace(":", "."):
+    name = raw.get("strategy", "")
+    error = ""
+    if isinstance(name, str) and name not in params and "." in name.replace(":", "."):
         try:
             params[name] = get_strategy(name).params
-        except ValueError:
-            pass  # the strategy key's own error names the problem
-    return parse_run_config(raw, strategies=params, declared=raw if from_flower else ())
+        except ValueError as err:
+            error = str(err).removeprefix("strategy: ")  # joins the report as the strategy key's problem
+    return parse_run_config(raw, strategies=params, declared=raw if from_flower else (), strategy_error=error)
 
 
 def get_strategy(name: str) -> type[SplitStrategy]:
@@ -392,9 +407,9 @@ def get_strategy(name: str) -> type[SplitStrategy]:
     if module_name:
         try:
             found = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"strategy: cannot import '{name}' ({err})") from None
+        except Exception as err:  # noqa: BLE001 - whatever a plug-in's import raises, name it with the path
+            raise ValueError(f"strategy: cannot import '{name}' ({type(err).__name__}: {err})") from None
         if isinstance(found, type) and issubclass(found, SplitStrategy):
             return found
-        raise ValueError(f"strategy: '{name}' is not a SplitStrategy subclass")
+        raise ValueError(f"strategy: '{name}' is {found!r}, not a SplitStrategy subclass")
     raise ValueError(f"strategy: unknown strategy '{name}'; choose one of {strategy_names()}")

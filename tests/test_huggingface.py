@@ -10,6 +10,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 
 from flsplit.data import DataOptions, DatasetError, DatasetNotFoundError, load_dataset
+from flsplit.data.errors import CorruptFileError
 from flsplit.data.huggingface import detect_columns, load_hf, read_hf
 from flsplit.data.imagefolder import ImageOptions
 
@@ -76,6 +77,19 @@ def test_a_saved_copy_in_data_dir_loads_and_is_cached(tmp_path: Path, monkeypatc
     # Assert
     assert first.num_classes == 3 and first.classes == ("cat", "dog", "frog") and first.input_shape == (3, 12, 12)
     assert np.array_equal(first.train.images, second.train.images)
+
+
+def test_a_truncated_saved_copy_names_the_folder_and_the_fix(tmp_path: Path) -> None:
+    # Prepare: a saved copy whose train shard was cut short
+    saved = tmp_path / "pets"
+    DatasetDict({"train": _split(9, 1), "test": _split(6, 2)}).save_to_disk(str(saved))
+    shard = next((saved / "train").glob("*.arrow"))
+    shard.write_bytes(shard.read_bytes()[:200])
+    # Execute
+    with pytest.raises(CorruptFileError) as err:
+        load_dataset("hf:me/pets", str(saved))
+    # Assert
+    assert f"'{saved}' is truncated or corrupt" in str(err.value) and "save_to_disk" in str(err.value)
 
 
 def test_offline_the_error_names_the_dataset_and_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:

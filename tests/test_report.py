@@ -13,8 +13,10 @@ from flsplit.results import ResultsWriter
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _write_run(results: Path, name: str, strategy: str, accuracies: list[float | None], up: float, down: float) -> Path:
-    """A run folder as the ServerApp writes it, through the same writer."""
+def _write_run(
+    results: Path, name: str, strategy: str, accuracies: list[float | None], up: float, down: float, evaluated: list[list[int]] | None = None
+) -> Path:
+    """A run folder of two clients as the ServerApp writes it, through the same writer."""
     writer = ResultsWriter(str(results), name)
     writer.write_config({"strategy": strategy, "model": "resnet20", "num-server-rounds": len(accuracies)})
     for r, accuracy in enumerate(accuracies, start=1):
@@ -30,6 +32,8 @@ def _write_run(results: Path, name: str, strategy: str, accuracies: list[float |
                 "round_s": 10.0,
                 "eval_s": 2.0,
                 "failed_clients": [],
+                "num_clients": 2,
+                "evaluated_clients": evaluated[r - 1] if evaluated else [0, 1],
             }
         )
     return writer.dir
@@ -56,8 +60,8 @@ def test_compare_writes_a_plot_and_a_table_with_each_runs_totals(tmp_path: Path)
     assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 10_000
     rows = _table_rows((output / report.TABLE).read_text())
     # strategy, rounds, final %, best %, GB (3 rounds x (up + down)), wall clock (3 x (10 + 2) s)
-    assert rows["csl-run"] == ["csl", "3", "30", "35", "3", "36"]
-    assert rows["dsl-run"] == ["dsl", "3", "40", "40", "1.5", "36"]
+    assert rows["csl-run"] == ["csl", "3", "30", "35", "3", "36", "-"]
+    assert rows["dsl-run"] == ["dsl", "3", "40", "40", "1.5", "36", "-"]
 
 
 def test_rounds_that_eval_every_skipped_are_left_out_of_the_scores_and_the_plot(tmp_path: Path) -> None:
@@ -69,7 +73,19 @@ def test_rounds_that_eval_every_skipped_are_left_out_of_the_scores_and_the_plot(
     status = cli.main(["compare", str(results), "--output", str(output)])
     # Assert: final and best come from the scored rounds; traffic and time count every round
     assert status == 0 and (output / report.PLOT).stat().st_size > 10_000
-    assert _table_rows((output / report.TABLE).read_text())["skipping"] == ["dsl", "3", "30", "35", "1.5", "36"]
+    assert _table_rows((output / report.TABLE).read_text())["skipping"] == ["dsl", "3", "30", "35", "1.5", "36", "-"]
+
+
+def test_rounds_scored_on_fewer_clients_are_named_in_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare: client 1 failed in round 2, so rounds 2 and 3 were scored on client 0's slice only
+    results = tmp_path / "results"
+    _write_run(results, "after-failure", "dsl", [0.20, 0.35, 0.30], up=0.5e9, down=0.0, evaluated=[[0, 1], [0], [0]])
+    # Execute
+    status = cli.main(["compare", str(results), "--output", str(tmp_path / "report")])
+    # Assert: on the console and in comparison.md
+    assert status == 0
+    assert _table_rows((tmp_path / "report" / report.TABLE).read_text())["after-failure"][-1] == "2, 3"
+    assert _table_rows(capsys.readouterr().out)["after-failure"][-1] == "2, 3"
 
 
 def test_run_folders_and_folders_of_runs_can_be_mixed(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flsplit.data.errors import DatasetError, DatasetNotFoundError
+from flsplit.data.errors import DatasetError, DatasetNotFoundError, corrupt
 from flsplit.data.imagefolder import ImageOptions, stack_images, stratified_split, to_array
 
 if TYPE_CHECKING:
@@ -32,8 +32,12 @@ def load_hf(repo: str, data_dir: str = "") -> DatasetDict:
     """
     from datasets import load_from_disk  # noqa: PLC0415 - HF datasets takes seconds to import
 
-    if data_dir and (Path(data_dir).expanduser() / "dataset_dict.json").exists():
-        return load_from_disk(str(Path(data_dir).expanduser()))
+    saved = Path(data_dir).expanduser()
+    if data_dir and (saved / "dataset_dict.json").exists():
+        try:
+            return load_from_disk(str(saved))
+        except (ValueError, OSError, KeyError) as err:  # pyarrow's ArrowInvalid is a ValueError
+            raise corrupt(saved, err, f"save it again with `datasets.load_dataset('{repo}').save_to_disk(DIR)`") from None
     from flwr_datasets import FederatedDataset  # noqa: PLC0415
 
     kwargs = {"cache_dir": str(Path(data_dir).expanduser())} if data_dir else {}

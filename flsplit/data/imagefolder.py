@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from flsplit.data.errors import DatasetError
+from flsplit.data.errors import DatasetError, reading_archive
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
@@ -136,12 +136,12 @@ def _entries(source: Path) -> Iterator[tuple[PurePosixPath, bytes | None]]:
             for name in files:
                 yield PurePosixPath(Path(folder, name).as_posix()), Path(folder, name).read_bytes()
     elif source.name.lower().endswith(".zip"):
-        with zipfile.ZipFile(source) as archive:
+        with reading_archive(source), zipfile.ZipFile(source) as archive:
             for info in archive.infolist():
                 path = PurePosixPath(f"{source}!/{info.filename.rstrip('/')}")
                 yield path, None if info.is_dir() else archive.read(info)
     else:
-        with tarfile.open(source) as archive:
+        with reading_archive(source), tarfile.open(source) as archive:
             for member in archive:
                 path = PurePosixPath(f"{source}!/{member.name}")
                 if member.isdir():

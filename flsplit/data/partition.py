@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flsplit.data.cache import atomic_save, cache_dir
+from flsplit.data.cache import atomic_save, cache_dir, load_entry
 
 if TYPE_CHECKING:
     from flwr_datasets.partitioner import Partitioner
@@ -60,8 +60,9 @@ def partition_indices(
     key = hashlib.sha256(labels.tobytes())
     key.update(repr((partition_id, num_partitions, scheme, alpha, classes_per_client, seed)).encode())
     path = cache_dir() / "partitions" / f"{key.hexdigest()[:24]}.npy"
-    if path.exists():
-        return np.load(path)
+    cached = load_entry([path])
+    if cached is not None:
+        return cached[0]
     indices = _compute(labels, partition_id, num_partitions, scheme, alpha, classes_per_client, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save(path, indices)

@@ -15,15 +15,15 @@ import io
 import os
 import pickle
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from flsplit.data.cache import atomic_save, cache_dir, cached_meta, cached_splits
-from flsplit.data.errors import DatasetNotFoundError
+from flsplit.data.cache import atomic_save, cache_dir, cached_meta, cached_splits, load_entry
+from flsplit.data.errors import DatasetError, DatasetNotFoundError, corrupt, reading_archive
 from flsplit.data.huggingface import fingerprint, load_hf, read_hf
 from flsplit.data.imagefolder import ImageOptions, find_image_folder, read_image_folder, source_key
 
@@ -31,6 +31,7 @@ NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "synthetic": 10}
 _PICKLE_DIRS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
 @dataclass(frozen=True)
@@ -159,8 +160,8 @@ def _load_cached(name: str, location: Path) -> tuple[ImageSet, ImageSet]:
     key = hashlib.sha256(f"{name}|{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     prefix = cache_dir() / f"{name}-{key.hexdigest()[:16]}"
     parts = [Path(f"{prefix}-{p}.npy") for p in ("train-x", "train-y", "test-x", "test-y")]
-    if all(p.exists() for p in parts):
-        arrays = [np.load(p) for p in parts]
+    arrays = load_entry(parts)
+    if arrays is not None:
         return ImageSet(arrays[0], arrays[1]), ImageSet(arrays[2], arrays[3])
     train, test = _read_source(name, source)
     cache_dir().mkdir(parents=True, exist_ok=True)
@@ -201,10 +202,16 @@ def _is_pickle_dir(name: str, path: Path) -> bool:
 
 
 def _archive_layout(name: str, archive: Path) -> str | None:
-    """``"pickle"`` or ``"folder"`` if the archive holds the dataset, else ``None``."""
+    """``"pickle"`` or ``"folder"`` if the archive holds the dataset, else ``None``.
+
+    A file named like a tar archive that cannot be read as one is a damaged download: that is
+    an error naming it, not a reason to look elsewhere.
+    """
     if not tarfile.is_tarfile(archive):
+        if archive.name.lower().endswith(_TAR_SUFFIXES):
+            raise corrupt(archive, tarfile.ReadError("not a readable tar archive"))
         return None
-    with tarfile.open(archive) as tar:
+    with reading_archive(archive), tarfile.open(archive) as tar:
         for member in tar:
             parts = Path(member.name).parts
             if _PICKLE_DIRS[name] in parts:
@@ -240,21 +247,34 @@ def _download(name: str, location: Path) -> Path:
 def _read_source(name: str, source: Path) -> tuple[ImageSet, ImageSet]:
     if source.is_dir():
         if _is_pickle_dir(name, source):
-            return _read_pickles(name, lambda f: (source / f).read_bytes())
+            return _read_pickles(name, lambda f: (source / f).read_bytes(), f"{source}/")
         return _check_classes(name, *(_read_folder_files(source / s) for s in ("train", "test")))
-    with tarfile.open(source) as tar:
+    with reading_archive(source), tarfile.open(source) as tar:
         if _archive_layout(name, source) == "pickle":
             members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-            return _read_pickles(name, lambda f: tar.extractfile(members[f]).read())  # type: ignore[union-attr]
+            return _read_pickles(name, lambda f: tar.extractfile(members[f]).read(), f"{source}!/")  # type: ignore[union-attr]
         return _check_classes(name, *_read_folder_tar(tar))
 
 
-def _read_pickles(name: str, read: object) -> tuple[ImageSet, ImageSet]:
+def _read_pickles(name: str, read: Callable[[str], bytes], where: str) -> tuple[ImageSet, ImageSet]:
+    """The CIFAR batches, each read by ``read(file)``; ``where`` + file names a batch in errors."""
+
     def batch(file: str) -> tuple[np.ndarray, np.ndarray]:
-        entry = pickle.loads(read(file), encoding="bytes")  # type: ignore[operator]
-        images = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = entry[b"labels" if name == "cifar10" else b"fine_labels"]
-        return images.transpose(0, 2, 3, 1).copy(), np.asarray(labels, dtype=np.int64)
+        try:
+            data = read(file)
+        except (FileNotFoundError, KeyError):
+            raise DatasetError(
+                f"data-dir: the CIFAR batch '{where}{file}' is missing; download {_ARCHIVES[name]} again"
+            ) from None
+        try:
+            entry = pickle.loads(data, encoding="bytes")
+            images = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            labels = np.asarray(entry[b"labels" if name == "cifar10" else b"fine_labels"], dtype=np.int64)
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+            raise corrupt(f"{where}{file}", err) from None
+        if len(labels) != len(images):
+            raise corrupt(f"{where}{file}", ValueError(f"{len(images)} images but {len(labels)} labels"))
+        return images.transpose(0, 2, 3, 1).copy(), labels
 
     if name == "cifar10":
         parts = [batch(f"data_batch_{i}") for i in range(1, 6)]
@@ -263,13 +283,19 @@ def _read_pickles(name: str, read: object) -> tuple[ImageSet, ImageSet]:
     return ImageSet(*batch("train")), ImageSet(*batch("test"))
 
 
-def _decode(data: bytes) -> np.ndarray:
+def _decode(data: bytes, where: str) -> np.ndarray:
     from PIL import Image  # noqa: PLC0415 - Pillow comes with torchvision
 
-    with Image.open(io.BytesIO(data)) as image:
-        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise corrupt(where, err) from None
     if array.shape != (32, 32, 3):
-        raise ValueError(f"data-dir: image of shape {array.shape}, expected 32x32 RGB")
+        raise DatasetError(
+            f"data-dir: the image '{where}' is {array.shape[1]}x{array.shape[0]}, but CIFAR images are 32x32 RGB; "
+            "use dataset='imagefolder' (with image-size) for other images"
+        )
     return array
 
 
@@ -282,7 +308,7 @@ def _stack(samples: list[tuple[str, np.ndarray]], classes: list[str]) -> ImageSe
 
 def _read_folder_files(root: Path) -> tuple[list[tuple[str, np.ndarray]], set[str]]:
     files = sorted(p for p in root.glob("*/*") if p.suffix.lower() in _IMAGE_SUFFIXES)
-    return [(p.parent.name, _decode(p.read_bytes())) for p in files], {p.parent.name for p in files}
+    return [(p.parent.name, _decode(p.read_bytes(), str(p))) for p in files], {p.parent.name for p in files}
 
 
 def _read_folder_tar(tar: tarfile.TarFile) -> Iterator[tuple[list[tuple[str, np.ndarray]], set[str]]]:
@@ -293,7 +319,7 @@ def _read_folder_tar(tar: tarfile.TarFile) -> Iterator[tuple[list[tuple[str, np.
             split, cls = parts[-3], parts[-2]
             if split in splits:
                 data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                splits[split].append((member.name, cls, _decode(data)))
+                splits[split].append((member.name, cls, _decode(data, f"{tar.name}!/{member.name}")))
     for split in ("train", "test"):
         ordered = sorted(splits[split], key=lambda item: item[0])
         yield [(cls, img) for _, cls, img in ordered], {cls for _, cls, _ in ordered}
