@@ -163,6 +163,18 @@ def sync(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+@app.train("relay")
+def relay(msg: Message, context: Context) -> Message:
+    """Continue from the previous client's slice (``client-sync = "relay"``): load and keep it."""
+    config = run_config(context)
+    strategy = get_strategy(config.strategy)
+    client = load_slice(context, config, strategy)
+    synced = strategy.synced_modules(client.modules())
+    load_weights(synced, decode(msg.content, weight_specs(synced), same_batch=False).tensors["weights"])
+    save_slice(context, client, config.client_cache)
+    return Message(encode(Packet(info={"done": True})), reply_to=msg)
+
+
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Load aggregated weights if sent; then run a chunk of the test split through the slice."""

@@ -73,7 +73,7 @@ def _partition(config: RunConfig, data_dir: str, partition_id: int, num_partitio
         config.partition,
         config.dirichlet_alpha,
         config.classes_per_client,
-        config.seed,
+        config.data_seed,
     )
 
 

@@ -1,8 +1,8 @@
 """The phases of a round, as messages: hello, training exchange, aggregation, evaluation.
 
-Clients are always served in partition order (one upload of each in turn, or one client's
-whole round after another with ``serve-order = "sequential"``), whatever order their replies
-arrive in, so a run's results depend on its seed and not on timing.
+Clients are served in the order ``SplitStrategy.serving_groups`` gives (one upload of each in
+turn, or one client's whole round after another, in partition order or a seeded shuffle),
+whatever order their replies arrive in, so a run's results depend on its seed and not on timing.
 """
 
 from __future__ import annotations
@@ -227,6 +227,7 @@ class RoundDriver:
         self.specs = server.upload_specs(activation_shape(config))
         self.probes: dict[int, int] = {}  # uploads measured for the server's peak memory, per partition
         self.aggregated: dict[str, torch.Tensor] | None = None  # the last round's averaged slice
+        self.holder: Client | None = None  # with client-sync = "relay": the client holding the slice
         server.partition_sizes = {c.index: c.num_examples for c in clients}
         if isinstance(exchange, StreamExchange):
             exchange.check_capacity(clients, 1 if strategy.serves_sequentially(config) else len(clients))
@@ -271,10 +272,40 @@ class RoundDriver:
         total = sum(c.batches_per_round for c in self.clients)
         self.meter = ProgressMeter(self.config.progress, round_number, total, time.perf_counter())
         self.round_batches = {}
-        sequential = self.strategy.serves_sequentially(self.config)
-        for group in ([c] for c in self.clients) if sequential else [list(self.clients)]:
-            self._serve(group, round_number, stats)
+        groups = self.strategy.serving_groups(self.config, round_number, len(self.clients))
+        relays = self.strategy.relays(self.config)
+        if relays and self.holder is None and round_number > 1:  # a resumed run: last round's last client
+            last = self.strategy.serving_groups(self.config, round_number - 1, len(self.clients))[-1][0]
+            self.holder = self.clients[last]
+        for group in groups:
+            active = [self.clients[i] for i in group]
+            if relays:
+                active = [c for c in active if self._hand_over(c, stats)]
+            self._serve(list(active), round_number, stats)
+            if relays and active and active[0].partition_id not in stats.failures:
+                self.holder = active[0]
         return stats
+
+    def _hand_over(self, client: Client, stats: RoundStats) -> bool:
+        """Give ``client`` the relayed slice from the client that trained it last; False if it failed.
+
+        The slice goes up from its holder and down to ``client``, counted as ``bytes_model_relay``.
+        The first client of a run starts from the seeded initial slice, as every client does.
+        """
+        holder = self.holder
+        if holder is None or holder is client:
+            return True
+        self.exchange.send(holder.node_id, MessageKind.RELAY_FETCH, Packet(info={}))
+        reply = self.exchange.receive(holder.node_id, weight_specs(self.synced), same_batch=False)
+        if reply.packet is None:
+            stats.fail(holder, reply.error or "no reply", "relay")
+            self.holder = None  # the slice is lost with its holder; the next client continues from its own
+            return True
+        self.exchange.send(client.node_id, MessageKind.RELAY, Packet({"weights": reply.packet.tensors["weights"]}))
+        if self.exchange.receive(client.node_id, []).packet is None:
+            stats.fail(client, "no reply to the relayed slice", "relay")
+            return False
+        return True
 
     def _serve(self, active: list[Client], round_number: int, stats: RoundStats) -> None:
         """Serve ``active`` round-robin, one upload of each in turn, until all are done or dropped."""
@@ -367,6 +398,8 @@ class RoundDriver:
         reachable = [c for c in self.clients if c.partition_id not in stats.failures]
         scores = self.config.scores_round(round_number)
         evaluators = (reachable[:1] if weights is not None else reachable) if scores else []
+        if self.strategy.relays(self.config) and scores:  # the relayed slice is the model: its holder scores it
+            evaluators = [c for c in reachable if c is self.holder][:1]
         for client in reachable:
             info = {"offset": 0, "evaluate": client in evaluators, "checkpoint_round": round_number}
             self.exchange.send(client.node_id, MessageKind.EVALUATE, Packet({"weights": weights} if weights is not None else {}, info))
@@ -379,14 +412,17 @@ class RoundDriver:
                 scored_partitions.append(client.partition_id)
         self.server.top.train()
         if not scores:
-            return {"test_accuracy": None, "test_loss": None, "aux_accuracy": None, "evaluated_clients": None}
+            return {"test_accuracy": None, "test_loss": None, "aux_accuracy": None, "evaluated_clients": None, "test_accuracy_per_client": None}
         if not results:
-            return {"test_accuracy": float("nan"), "test_loss": float("nan"), "aux_accuracy": None, "evaluated_clients": []}
+            nan = float("nan")
+            return {"test_accuracy": nan, "test_loss": nan, "aux_accuracy": None, "evaluated_clients": [], "test_accuracy_per_client": []}
         return {
             "test_accuracy": sum(r[0] for r in results) / len(results),
             "test_loss": sum(r[1] for r in results) / len(results),
             "aux_accuracy": sum(r[2] for r in results) / len(results),
             "evaluated_clients": [c.partition_id for c in reachable] if weights is not None else scored_partitions,
+            # Un-synced slices are separate models: each one's accuracy, in partition order.
+            "test_accuracy_per_client": [r[0] for r in results],
         }
 
     def _score(self, client: Client, evaluates: bool, stats: RoundStats) -> tuple[float, float, float] | None:

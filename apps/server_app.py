@@ -132,7 +132,10 @@ def _run_facts(config: RunConfig, clients: list[rounds.Client]) -> dict[str, Any
         "simulation_pickup": simulation_runtime.pickup_mode(),
     }
     clients_software = [c.software for c in clients]
-    return {"num_clients": len(clients), "cut_blocks": config.cut_blocks, "processes": processes, "client_software": clients_software, "transport": config.transport} | software()
+    strategy = get_strategy(config.strategy)  # the keys may be empty: what they resolved to (refused here if contradictory)
+    protocol = {"client_sync": strategy.sync_of(config), "serving_order": strategy.order_of(config), "transport": config.transport}
+    facts = {"num_clients": len(clients), "cut_blocks": config.cut_blocks, "processes": processes, "client_software": clients_software}
+    return facts | protocol | software()
 
 
 def _warn_on_other_software(clients: list[rounds.Client]) -> None:

@@ -61,6 +61,20 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     return preset
 
 
+def with_overrides(preset: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """``preset`` with ``KEY=VALUE`` run-config overrides, renamed after them (``cpu-long-seed1``)."""
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set: '{assignment}' is not KEY=VALUE")
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value  # a bare word: a string
+        preset = preset | {"run-config": preset["run-config"] | {key: parsed}, "name": f"{preset['name']}-{key}{value}"}
+    return preset
+
+
 def grid_points(grid: dict[str, Any]) -> list[GridPoint]:
     """The runs in order; CSL and DSL of one setting run back to back, so they share conditions."""
     return [
@@ -165,8 +179,13 @@ def main() -> None:
     parser.add_argument("--out", default="", help="results folder (default experiments/results/reproduce-<preset>)")
     parser.add_argument("--scratch", default="results/reproduce", help="where runs write checkpoints and logs (not committed)")
     parser.add_argument("--timeout-min", type=float, default=60.0, help="per run")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a run-config key of the preset (TOML value, e.g. seed=1 or lr=0.003); the results go to "
+        "reproduce-<preset>-<KEY><VALUE>... so each variant (a seed, an lr of a sweep) keeps its own folder",
+    )
     args = parser.parse_args()
-    preset = load_preset(args.preset)
+    preset = with_overrides(load_preset(args.preset), args.set)
     out = Path(args.out) if args.out else RESULTS / f"reproduce-{preset['name']}"
     scratch = Path(args.scratch).resolve() / preset["name"]
     failed: list[str] = []

@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from flsplit.aggregation import check_aggregation
 from flsplit.data import BUILT_IN, HF_PREFIX, DataOptions, describe_dataset
@@ -56,10 +56,13 @@ class RunConfig(BaseModel):
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(0.05, gt=0)
     lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    lr_warmup: int = Field(0, ge=0)  # rounds of linear warm-up before lr-schedule starts (flsplit.optim)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
-    aggregate_clients: bool = False
+    aggregate_clients: bool = False  # the old spelling of client-sync = "average"
+    client_sync: Literal["", "none", "relay", "average"] = ""  # empty: the strategy's own (SplitStrategy.sync_of)
     seed: int = Field(0, ge=0)
+    partition_seed: int = Field(-1, ge=-1)  # seeds the partition; -1: seed (as every run before this key)
     results_dir: str = ""  # relative: under $FLSPLIT_RESULTS_DIR or ~/flsplit-results (flsplit.results)
     run_name: str = ""
     max_batches: int = Field(40, ge=0)  # 0: every batch of the partition, local-epochs times
@@ -76,7 +79,7 @@ class RunConfig(BaseModel):
     memory_probe: int = Field(3, ge=0)
     client_cache: int = Field(8, ge=0)
     aggregation: str = "FedAvg"
-    serve_order: Literal["", "sequential", "interleaved"] = ""  # empty: the strategy's own order
+    serve_order: Literal["", "sequential", "shuffled", "interleaved"] = ""  # empty: the strategy's own order
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps (flsplit.device)
     server_device: str = ""  # the ServerApp's device; empty: device
     amp: Literal["off", "bf16", "fp16"] = "off"  # autocast of the forward passes
@@ -167,6 +170,25 @@ class RunConfig(BaseModel):
             except ValueError as err:
                 raise ValueError(str(err).removeprefix("cut: ")) from None
         return value
+
+    @model_validator(mode="after")
+    def _sync_fits_the_order(self) -> RunConfig:
+        if self.aggregate_clients and self.client_sync in ("none", "relay"):
+            raise ValueError(
+                f"aggregate-clients = true means client-sync = \"average\", but client-sync is \"{self.client_sync}\"; "
+                "drop aggregate-clients (the old spelling) and set client-sync alone"
+            )
+        if self.client_sync == "relay" and self.serve_order == "interleaved":
+            raise ValueError(
+                'client-sync = "relay" hands one slice from client to client, so it needs sequential serving: '
+                'set serve-order to "sequential" or "shuffled" (or leave it empty)'
+            )
+        return self
+
+    @property
+    def data_seed(self) -> int:
+        """What seeds the partition: ``partition-seed``, or ``seed`` when it is -1."""
+        return self.seed if self.partition_seed < 0 else self.partition_seed
 
     @property
     def server_device_name(self) -> str:

@@ -34,8 +34,11 @@ class Ledger:
     def count_sizes(self, client: int, direction: str, sizes: dict[str, int], phase: str = "train") -> int:
         """Add one message's or frame's bytes, given per kind (``control``: everything but tensors)."""
         for kind, size in sizes.items():
-            # Model weights are training traffic, even when they ride on an evaluate message.
-            self._round[(client, direction, kind, "train" if kind == "weights" else phase)] += size
+            # Model weights are training traffic, even when they ride on an evaluate message; a
+            # slice handed from client to client (``client-sync = "relay"``) has a line of its own.
+            if kind == "weights" and phase == "relay":
+                kind = "relay"
+            self._round[(client, direction, kind, "train" if kind in ("weights", "relay") or phase == "relay" else phase)] += size
         self.messages += 1
         return sum(sizes.values())
 
@@ -55,6 +58,7 @@ class Ledger:
             "bytes_up_labels": total("up", "labels"),
             "bytes_down_gradients": total("down", "gradients"),
             "bytes_model_sync": total(None, "weights"),
+            "bytes_model_relay": total(None, "relay"),
             "bytes_down_aux_model": total("down", "aux_model"),
             "bytes_control_up": total("up", "control"),
             "bytes_control_down": total("down", "control"),

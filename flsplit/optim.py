@@ -31,12 +31,18 @@ def build_optimizer(params: list[nn.Parameter], config: RunConfig) -> torch.opti
 
 
 def round_lr(config: RunConfig, round_number: int) -> float:
-    """The learning rate of round ``round_number`` (1-based) under ``lr-schedule``.
+    """The learning rate of round ``round_number`` (1-based) under ``lr-warmup`` and ``lr-schedule``.
 
-    ``cosine`` anneals from ``lr`` in round 1 towards 0 after the last round
-    (``lr * (1 + cos(pi * (r - 1) / R)) / 2``); ``step`` divides by 10 at rounds R/2 and 3R/4.
+    The first ``lr-warmup`` rounds (W) climb linearly, round r at ``lr * r / (W + 1)``, so
+    momentum SGD does not start at full rate on a fresh network; the schedule then spans the
+    remaining R - W rounds as if they were the whole run. ``cosine`` anneals from ``lr`` towards 0
+    after the last round (``lr * (1 + cos(pi * (r - 1) / R)) / 2``); ``step`` divides by 10 at
+    rounds R/2 and 3R/4.
     """
-    total, done = config.num_server_rounds, round_number - 1
+    warmup = config.lr_warmup
+    if round_number <= warmup:
+        return config.lr * round_number / (warmup + 1)
+    total, done = max(config.num_server_rounds - warmup, 1), round_number - 1 - warmup
     if config.lr_schedule == "cosine":
         return config.lr * 0.5 * (1 + math.cos(math.pi * done / total))
     if config.lr_schedule == "step":

@@ -16,6 +16,8 @@ class MessageKind(Enum):
     HELLO = ("query.hello", "setup")  # who are you, how much data; restore a checkpoint
     STEP = ("train.step", "train")  # one training exchange: what came down, the next upload
     SYNC = ("train.sync", "train")  # upload the modules the strategy averages
+    RELAY_FETCH = ("train.sync", "relay")  # the same upload, of a slice that goes to the next client
+    RELAY = ("train.relay", "relay")  # the previous client's slice down: continue from it
     EVALUATE = ("evaluate", "eval")  # aggregated weights down, test-split activations up
 
     def __init__(self, message_type: str, phase: str) -> None:

@@ -9,6 +9,10 @@ A round, as the apps drive it: ``ServerHalf.begin_round``; then, per client, a r
 ``ServerHalf.on_upload`` replies until the client says it is done; then, if the strategy
 aggregates, the client modules named by ``SplitStrategy.aggregated_modules`` are averaged
 with the Flower strategy named by the ``aggregation`` key; then ``ServerHalf.end_round``.
+
+Two choices shape every strategy with client slices, and both are decided here once:
+``SplitStrategy.sync_of`` (``client-sync``: how the clients' slices are kept in step) and
+``SplitStrategy.order_of``/``serving_groups`` (``serve-order``: who the server serves when).
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flsplit.config import RunConfig, StrategyParams, parse_run_config
+from flsplit.config import ConfigError, RunConfig, StrategyParams, parse_run_config
 from flsplit.data import PartitionLoader
 from flsplit.device import Placement, device_of, host_optimizer_steps
 from flsplit.metering import Stopwatch
@@ -243,19 +248,35 @@ def batch_sizes(upload: Packet, total: int, max_batch: int) -> list[int]:
     return sizes
 
 
+#: The ``client-sync`` values, in the order of how much the clients share.
+CLIENT_SYNCS = ("none", "relay", "average")
+
+
+def _requested_sync(strategy: type[SplitStrategy], config: RunConfig) -> str:
+    return config.client_sync or ("average" if config.aggregate_clients else strategy.client_sync)
+
+
 class SplitStrategy:
     """A named pair of halves. Subclass, set the attributes, and decorate with ``@register``."""
 
     name: str = ""
     #: The client trains a second module besides its bottom slice (see ``client_modules``).
     uses_aux_head: bool = False
-    #: Average the client slices after every round, whatever ``aggregate-clients`` says.
-    always_aggregates: bool = False
-    #: Which client modules are averaged when the strategy aggregates.
+    #: How the client slices are kept in step when ``client-sync`` is empty: ``none`` (each
+    #: client keeps its own slice), ``relay`` (each client starts from the previous client's
+    #: slice, as vanilla split learning) or ``average`` (slices averaged after every round).
+    client_sync: str = "none"
+    #: The ``client-sync`` values the strategy admits; a strategy defined by its averaging
+    #: (``splitfed-v1``, ``splitfed-v2``, ``fedavg``) admits ``average`` alone.
+    client_syncs: tuple[str, ...] = CLIENT_SYNCS
+    #: What to run instead of a refused ``client-sync`` (a strategy may name its twin).
+    sync_hint: str = ""
+    #: Which client modules are averaged (or relayed) when the strategy syncs its clients.
     aggregated_modules: tuple[str, ...] = ("bottom", "aux")
     #: How the server serves its clients in a round when ``serve-order`` is not set:
-    #: ``interleaved`` (one upload of each in turn) or ``sequential`` (one client's whole round,
-    #: then the next, as SplitFed-V2's references do).
+    #: ``interleaved`` (one upload of each in turn), ``sequential`` (one client's whole round,
+    #: then the next, in partition order, as SplitFed-V2's references do) or ``shuffled``
+    #: (sequential in a random order drawn each round from ``seed`` and the round number).
     serve_order: str = "interleaved"
     #: The strategy's own run-config keys, if it has any (``config.params`` at run time).
     params: type[StrategyParams] | None = None
@@ -263,14 +284,55 @@ class SplitStrategy:
     server: type[ServerHalf]
 
     @classmethod
+    def sync_of(cls, config: RunConfig) -> str:
+        """This run's client sync: ``client-sync``, else ``average`` for the old ``aggregate-clients
+        = true``, else the strategy's own; a value the strategy does not admit is a ``ConfigError``."""
+        sync = _requested_sync(cls, config)
+        if sync not in cls.client_syncs:
+            raise ConfigError(
+                f"invalid run config:\n  - client-sync: strategy '{cls.name}' admits {list(cls.client_syncs)}, "
+                f"not '{sync}'; {cls.sync_hint or 'leave client-sync empty for its own'}"
+            )
+        return sync
+
+    @classmethod
     def aggregates(cls, config: RunConfig) -> bool:
         """Whether client slices are averaged after each round of this run."""
-        return cls.always_aggregates or config.aggregate_clients
+        return cls.sync_of(config) == "average"
+
+    @classmethod
+    def relays(cls, config: RunConfig) -> bool:
+        """Whether each client starts its round from the slice of the client served before it."""
+        return cls.sync_of(config) == "relay"
+
+    @classmethod
+    def order_of(cls, config: RunConfig) -> str:
+        """This run's serving order: ``serve-order``, else the strategy's own; a relayed run
+        whose strategy would interleave is served ``sequential`` (a slice is in one place at a time)."""
+        if config.serve_order:
+            return config.serve_order
+        relayed = _requested_sync(cls, config) == "relay"
+        return "sequential" if relayed and cls.serve_order == "interleaved" else cls.serve_order
 
     @classmethod
     def serves_sequentially(cls, config: RunConfig) -> bool:
         """Whether this run serves one client's whole round before the next client starts."""
-        return (config.serve_order or cls.serve_order) == "sequential"
+        return cls.order_of(config) != "interleaved"
+
+    @classmethod
+    def serving_groups(cls, config: RunConfig, round_number: int, num_clients: int) -> list[list[int]]:
+        """The clients (by index, in partition order) served together, group after group, in a round.
+
+        Interleaved: one group of every client. Sequential: one client at a time in partition
+        order. Shuffled: one at a time in a permutation seeded by ``seed`` and the round number,
+        so a seed fixes every round's order, a resumed run repeats it, and rounds differ.
+        """
+        order = cls.order_of(config)
+        if order == "interleaved":
+            return [list(range(num_clients))]
+        if order == "shuffled":
+            return [[int(i)] for i in np.random.default_rng([config.seed, round_number]).permutation(num_clients)]
+        return [[i] for i in range(num_clients)]
 
     @classmethod
     def client_modules(cls, config: RunConfig) -> dict[str, nn.Module]:

@@ -34,7 +34,7 @@ class CSEFSL(SplitStrategy):
 
     name = "cse-fsl"
     uses_aux_head = True
-    always_aggregates = True
+    client_sync = "average"
     params = UploadEvery
     client = CSEFSLClient
     server = DSLServer

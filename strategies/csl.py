@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 import torch
 
+from flsplit.config import ConfigError, RunConfig
 from flsplit.wire import Packet, PayloadError, TensorSpec, gradient_specs
 from strategies.base import ClientHalf, ClientSlice, ServerHalf, SplitStrategy, register
 
@@ -93,9 +94,23 @@ class CSLServer(ServerHalf):
 
 @register
 class CSL(SplitStrategy):
-    """Conventional split learning (Gupta and Raskar, 2018)."""
+    """Split learning with one shared top slice and, per ``client-sync``, the client slices kept
+    apart (``none``, the default: parallel split learning), handed from client to client
+    (``relay``: vanilla split learning, Gupta and Raskar, 2018; Thapa et al.'s SL baseline) or
+    averaged (``average``, interleaved; served sequentially that is ``splitfed-v2``)."""
 
     name = "csl"
     uses_aux_head = False
     client = CSLClient
     server = CSLServer
+
+    @classmethod
+    def sync_of(cls, config: RunConfig) -> str:
+        sync = super().sync_of(config)
+        if cls is CSL and sync == "average" and cls.serves_sequentially(config):
+            raise ConfigError(
+                f"invalid run config:\n  - client-sync: csl with client-sync = \"average\" served {cls.order_of(config)} "
+                f"is splitfed-v2; run strategy = \"splitfed-v2\" (serve-order = \"{cls.order_of(config)}\") so the "
+                "comparison has one row for it"
+            )
+        return sync

@@ -68,7 +68,9 @@ class FedAvg(SplitStrategy):
 
     name = "fedavg"
     uses_aux_head = True
-    always_aggregates = True
+    client_sync = "average"
+    client_syncs = ("average",)
+    sync_hint = "federated averaging is its sync; for a run on one client set clients = 1"
     client = FedAvgClient
     server = FedAvgServer
 

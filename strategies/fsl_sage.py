@@ -15,6 +15,11 @@ client goes on, so the estimator is aligned from the first round on. The aligned
 in the ledger as ``bytes_down_aux_model``. Each estimator keeps one Adam state (``align-lr``)
 across alignments, checkpointed with it. The client slices are averaged after every round;
 the auxiliary models stay per client.
+
+The alignment's cosines (``align_before``/``align_after``) are in sample, on the buffer the
+estimator is fitted to; ``held_out_cosine`` scores each estimator on the client's first upload
+of every later round, before it is trained on or buffered: out of sample, and as stale as the
+estimator is by then.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ from strategies.cse_fsl import UploadEvery
 from strategies.dsl import DSLClient
 
 ALIGN_METRICS = ("align_index", "align_before_cosine", "align_before_mse", "align_after_cosine", "align_after_mse", "align_s")
+#: The estimators scored out of sample: on each client's first upload of a round, before the
+#: server trains on it or buffers it, so on samples the last alignment never saw.
+HELD_OUT_METRICS = ("held_out_cosine", "held_out_mse")
 
 
 class FSLSAGEClient(DSLClient):
@@ -126,11 +134,13 @@ class FSLSAGEServer(ServerHalf):
         self._agreements: list[tuple[Agreement, Agreement]] = []
         self._align_s = 0.0
         self._report: dict[str, float | None] = dict.fromkeys(ALIGN_METRICS)
+        self._held_out: dict[int, Agreement] = {}  # this round's out-of-sample score per client
 
     def begin_round(self, round_number: int) -> None:
         aligns = (round_number - 1) % self.config.params.align_every == 0
         self._aligned = set() if aligns else None
         self._agreements, self._align_s = [], 0.0
+        self._held_out = {}
 
     def request(self, client_id: int) -> Packet:
         aligned = self._outbox.pop(client_id, None)
@@ -145,6 +155,9 @@ class FSLSAGEServer(ServerHalf):
         return self._must_align(client_id)
 
     def on_upload(self, client_id: int, upload: Packet) -> Packet | None:
+        aligned_now = self._aligned is not None and client_id in self._aligned
+        if client_id in self.estimators and client_id not in self._held_out and not aligned_now:
+            self._score_held_out(client_id, upload)
         self.train_batches(upload)
         buffer = self.buffers.setdefault(client_id, AlignmentBuffer(self.config.params.align_buffer))
         buffer.push(upload.activations, upload.labels)
@@ -167,6 +180,13 @@ class FSLSAGEServer(ServerHalf):
                 "align_after_mse": fmean(a.mse for a in after),
                 "align_s": self._align_s,
             }
+
+    def _score_held_out(self, client_id: int, upload: Packet) -> None:
+        """The estimator against the top's true gradients on an upload it was not aligned on."""
+        batch = self.config.batch_size
+        with self.watch.time("server"), unmeasured():
+            target = true_gradients(self.top, upload.activations, upload.labels, batch)
+            self._held_out[client_id] = agreement(self.estimators[client_id], upload.activations, upload.labels, target, batch)
 
     def _must_align(self, client_id: int) -> bool:
         return self._aligned is not None and client_id not in self._aligned
@@ -191,7 +211,13 @@ class FSLSAGEServer(ServerHalf):
         """The top slice's training metrics, the estimator's size, and the round's alignment
         (``None`` if none ran)."""
         params, size = _estimator_size(self.config)
-        out = super().take_metrics() | {"estimator_params": params, "estimator_bytes": size} | self._report
+        held_out = dict.fromkeys(HELD_OUT_METRICS)
+        if self._held_out:
+            held_out = {
+                "held_out_cosine": fmean(a.cosine for a in self._held_out.values()),
+                "held_out_mse": fmean(a.mse for a in self._held_out.values()),
+            }
+        out = super().take_metrics() | {"estimator_params": params, "estimator_bytes": size} | self._report | held_out
         self._report = dict.fromkeys(ALIGN_METRICS)
         return out
 
@@ -241,7 +267,7 @@ class FSLSAGE(SplitStrategy):
 
     name = "fsl-sage"
     uses_aux_head = True
-    always_aggregates = True
+    client_sync = "average"
     aggregated_modules = ("bottom",)
     params = FSLSAGEParams
     client = FSLSAGEClient

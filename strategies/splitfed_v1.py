@@ -87,6 +87,8 @@ class SplitFedV1(SplitStrategy):
 
     name = "splitfed-v1"
     uses_aux_head = False
-    always_aggregates = True
+    client_sync = "average"
+    client_syncs = ("average",)
+    sync_hint = 'its server keeps a top per client, so only averaged slices make sense; for one shared top run "csl"'
     client = CSLClient
     server = SplitFedV1Server

@@ -76,21 +76,30 @@ HANDLERS: dict[str, Handler] = {
     "query.hello": client_app.hello,
     "train.step": client_app.train_step,
     "train.sync": client_app.sync,
+    "train.relay": client_app.relay,
     "evaluate": client_app.evaluate,
 }
 
 
-def run_server_app(run_config: dict, results: Path, fresh_process: bool = False, through_protobuf: bool = False) -> list[dict]:
+def run_server_app(
+    run_config: dict,
+    results: Path,
+    fresh_process: bool = False,
+    through_protobuf: bool = False,
+    observe: Callable[[Message], None] = lambda message: None,
+) -> list[dict]:
     """The real ServerApp ``main`` against two ClientApps in this process; the run's metrics.
 
     ``run_config`` holds Python values (``results-dir`` and ``run-name`` are set here from
     ``results`` and ``run-name``). ``fresh_process`` drops the ClientApp's live objects before
     every message, as a process per message (deployment) does; otherwise they are reused between
-    messages, as Ray workers do. Call it with the ``task_identity`` fixture active.
+    messages, as Ray workers do. ``observe`` sees every message the server sends, in order.
+    Call it with the ``task_identity`` fixture active.
     """
     run_config = run_config | {"results-dir": str(results)}
 
     def handler(message: Message, context: Context) -> Message:
+        observe(message)
         if fresh_process:
             client_state.drop_cached_slices()
         return HANDLERS[message.metadata.message_type](message, context)

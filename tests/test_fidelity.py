@@ -14,7 +14,7 @@ from flwr.app import Context, Message
 from flsplit.aggregation import build_aggregator
 from flsplit.config import ConfigError, parse_run_config
 from flsplit.ledger import Ledger
-from flsplit.models import CutPoint, build_head, cut_shape, next_stage_blocks, resolve_cut
+from flsplit.models import CutPoint, build_head, cut_shape, mirror_stage_blocks, next_stage_blocks, resolve_cut
 from flsplit.optim import build_optimizer, round_lr
 from flsplit.split import build_halves
 from tests.in_process_grid import InProcessGrid
@@ -167,6 +167,8 @@ def test_method_presets_are_valid_run_configs(preset: str) -> None:
         assert (config.model, config.cut_blocks, config.head) == ("resnet18", 4, "resnet-stage")
         assert (config.lr, config.weight_decay, config.params.upload_every, config.params.align_every) == (1e-3, 1e-4, 5, 10)
         assert (config.params.align_buffer, config.params.align_epochs, config.partition, config.dirichlet_alpha) == (1000, 100, "dirichlet", 1.0)
+        fsl_sage = get_strategy("fsl-sage")  # the reference's order: one client after another, 0, 1, 2
+        assert fsl_sage.serving_groups(config, 5, 3) == [[0], [1], [2]] and fsl_sage.aggregates(config)
     else:
         assert (config.strategy, config.head, config.optimizer, config.momentum) == ("cse-fsl", "linear", "sgd", 0.0)
         assert (config.lr, config.batch_size, config.params.upload_every) == (0.15, 50, 5)
@@ -184,3 +186,14 @@ def test_resume_accepts_keys_a_run_did_not_record_at_their_default_and_keeps_a_s
     assert changed_keys(parse_config({"strategy": "fsl-sage", "lr-schedule": "cosine", "num-server-rounds": 40}), saved) == ["num-server-rounds"]
     constant = parse_config({"strategy": "fsl-sage", "num-server-rounds": 30})
     assert changed_keys(parse_config({"strategy": "fsl-sage", "num-server-rounds": 40}), constant.as_run_config()) == []
+
+
+def test_mirror_head_is_the_tops_first_stage_whether_or_not_the_cut_ends_a_stage() -> None:
+    # Execute
+    inside = list(mirror_stage_blocks("resnet20", 2))  # cut s: 2 of stage 1's 3 blocks
+    at_end = list(mirror_stage_blocks("resnet18", 4))  # after layer2, as the FSL-SAGE reference
+    head = build_halves(parse_run_config({"strategy": "fsl-sage", "aux-head": "resnet-mirror"}))[2]
+    # Assert: the rest of stage 1 and all of stage 2; at a stage's end, the next stage alone
+    assert inside == [3, 4, 5, 6]
+    assert at_end == list(next_stage_blocks("resnet18", 4)) == [5, 6]
+    assert head(torch.zeros(2, 16, 32, 32)).shape == (2, 10)

@@ -147,3 +147,25 @@ def test_server_state_survives_a_checkpoint() -> None:
     for index, state in saved["state"].items():
         assert all(torch.equal(loaded["state"][index][name], value) for name, value in state.items())
     assert F.cross_entropy(restored.top(server.buffers[0].z), server.buffers[0].y) == F.cross_entropy(server.top(server.buffers[0].z), server.buffers[0].y)
+
+
+def test_estimator_is_scored_out_of_sample_on_each_later_rounds_first_upload() -> None:
+    # Prepare: align in round 1 only; 2 batches a round, every batch uploaded
+    config = make_config(strategy="fsl-sage", **{"upload-every": 1, "align-every": 5, "align-epochs": 1, "align-buffer": 32})
+    half, client = FSLSAGEClient(config), make_client(config, "fsl-sage", steps=2)
+    server = make_server(config, "fsl-sage", build_halves(config)[1])
+    drive_round(half, server, client, round_number=1)
+    server.end_round(1, None)
+    first = server.take_metrics()
+    next_round(client, steps=2)
+    estimator, top = copy.deepcopy(server.estimators[0]), copy.deepcopy(server.top)
+    # Execute
+    _, uploads = drive_round(half, server, client, round_number=2)
+    server.end_round(2, None)
+    second = server.take_metrics()
+    # Assert: no estimator before round 1's alignment; in round 2 the score is that of the
+    # aligned estimator on round 2's first upload, against the top as it was before training on it
+    z, y = uploads[0].activations, uploads[0].labels
+    expected = agreement(estimator, z, y, true_gradients(top, z, y, config.batch_size), config.batch_size)
+    assert first["held_out_cosine"] is None and second["align_after_cosine"] is None
+    assert second["held_out_cosine"] == pytest.approx(expected.cosine) and second["held_out_mse"] == pytest.approx(expected.mse)

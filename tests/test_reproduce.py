@@ -198,3 +198,11 @@ def test_time_per_epoch_comes_from_the_fastest_round_after_the_first(finished_gr
     # Assert: round 1 is never used; 10,000 samples per round = 1/5 of an epoch
     assert seconds["round_s"] == pytest.approx(50.0)
     assert seconds["comm_s"] == pytest.approx(2.5)
+
+
+def test_set_overrides_a_run_config_key_and_names_the_variant() -> None:
+    # Execute
+    preset = reproduce.with_overrides(reproduce.load_preset("cpu-long-n5-dsl-linear"), ["lr=0.003", "seed=2"])
+    # Assert
+    assert preset["run-config"]["lr"] == 0.003 and preset["run-config"]["seed"] == 2
+    assert preset["name"] == "cpu-long-n5-dsl-linear-lr0.003-seed2"

@@ -39,6 +39,19 @@ def test_aggregated_slices_with_dirichlet_partitions(superlink: SuperLink, tmp_p
         assert r["bytes_down"] == r["bytes_model_sync"] - (r["bytes_up"] - r["bytes_up_activations"] - r["bytes_up_labels"])
 
 
+def test_relayed_csl_served_in_a_seeded_shuffle_runs_through_flwr(superlink: SuperLink, tmp_path: Path) -> None:
+    # Execute
+    rounds = _run(superlink, tmp_path, "relay", strategy="'csl'", **{"client-sync": "'relay'", "serve-order": "'shuffled'"})
+    # Assert: the slice is handed on (at least once a round with two clients), never averaged,
+    # and one model, the last client's slice, is scored
+    slice_bytes = weights_bytes("csl", ("bottom",))
+    config = json.loads((tmp_path / "relay" / "config.json").read_text())
+    assert (config["client_sync"], config["serving_order"]) == ("relay", "shuffled")
+    for r in rounds:
+        assert r["failed_clients"] == [] and r["bytes_model_sync"] == 0
+        assert r["bytes_model_relay"] >= 1.5 * slice_bytes and len(r["test_accuracy_per_client"]) == 1
+
+
 def test_bad_run_config_stops_before_training_naming_every_key(superlink: SuperLink, tmp_path: Path) -> None:
     done = superlink.run(f"lr=-1.0 strategy='magic' results-dir='{tmp_path}'")
     output = done.stdout + done.stderr

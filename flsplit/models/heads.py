@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from flsplit.models.networks import INPUT_SHAPE, build_model, cut_shape, next_stage_blocks
+from flsplit.models.networks import INPUT_SHAPE, build_model, cut_shape, mirror_stage_blocks, next_stage_blocks
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,25 @@ def resnet_stage_head(cut: CutPoint) -> nn.Module:
     stage. The blocks come from a newly built network, so they are initialised as the
     network's own layers are, from the caller's random state.
     """
+    return _fresh_blocks(cut, next_stage_blocks, "resnet-stage")
+
+
+@register_head("resnet-mirror")
+def resnet_mirror_head(cut: CutPoint) -> nn.Module:
+    """The top slice's first stage, fresh: the rest of the cut's stage, the next stage, pool, linear.
+
+    What the reference's estimator is to the server's model (a copy of the top's first stage):
+    where the cut ends a stage (ResNet-18 after ``layer2``) it equals ``resnet-stage``; where it
+    falls inside one (ResNet-20 cut ``s``) it keeps the block that consumes the activations,
+    which ``resnet-stage`` skips.
+    """
+    return _fresh_blocks(cut, mirror_stage_blocks, "resnet-mirror")
+
+
+def _fresh_blocks(cut: CutPoint, positions_of: Callable[..., range], name: str) -> nn.Module:
     if not cut.model:
-        raise ValueError("aux-head: 'resnet-stage' needs the network that was cut")
-    positions = next_stage_blocks(cut.model, cut.blocks, cut.input_shape)  # raises for a network without stages
+        raise ValueError(f"aux-head: '{name}' needs the network that was cut")
+    positions = positions_of(cut.model, cut.blocks, cut.input_shape)  # raises for a network without stages
     network = build_model(cut.model, cut.num_classes, cut.input_shape)
     stage = [network[i] for i in positions]
     channels = next(m.out_channels for block in reversed(stage) for m in reversed(list(block.modules())) if isinstance(m, nn.Conv2d))

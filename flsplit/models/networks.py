@@ -166,6 +166,23 @@ def next_stage_blocks(model_name: str, cut: int, input_shape: Shape = INPUT_SHAP
     return range(cut + 1, end + 1)
 
 
+def mirror_stage_blocks(model_name: str, cut: int, input_shape: Shape = INPUT_SHAPE) -> range:
+    """Block positions (1-based) of the rest of the cut's stage and the whole stage after it.
+
+    What the top slice runs first: for a cut at a stage's end (ResNet-18 after ``layer2``)
+    that is the next stage alone, as ``next_stage_blocks``; for a cut inside a stage (ResNet-20
+    cut ``s``, 2 of stage 1's 3 blocks) it also holds the block that consumes the activations.
+    """
+    end = 0
+    for size in stage_sizes(model_name, input_shape):
+        start, end = end, end + size
+        if start <= cut < end:
+            if cut == start:  # the cut ends the previous stage: this stage is the next one
+                return range(cut + 1, end + 1)
+            return range(cut + 1, max(end + 1, next_stage_blocks(model_name, end, input_shape).stop))
+    return range(cut + 1, end + 1)
+
+
 @lru_cache(maxsize=32)
 def cut_shape(cut: int, model_name: str, num_classes: int = 10, input_shape: Shape = INPUT_SHAPE) -> tuple[int, ...]:
     """Per-sample shape of the activations after ``cut`` blocks, from a dry run of the bottom."""
