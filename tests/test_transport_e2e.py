@@ -79,6 +79,9 @@ def test_a_stream_run_killed_after_a_round_and_resumed_equals_an_uninterrupted_o
     assert len(read_metrics(metrics)) < 3
     # Execute
     resumed = _run(superlink, tmp_path, "resumed", resume="true", **stream)
-    # Assert: the same run, bytes included (one transport)
-    without_clocks = [[{k: v for k, v in r.items() if not k.endswith(("_s", "_mb"))} for r in run] for run in (resumed, reference)]
-    assert without_clocks[0] == without_clocks[1]
+    # Assert: the same run, tensor bytes included. Control bytes are not compared: on the stream a
+    # frame's JSON header holds the upload's timings as text, whose length varies from run to run.
+    def comparable(run: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if not k.endswith(("_s", "_mb")) and not k.startswith("bytes_control")} for r in run]
+
+    assert comparable(resumed) == comparable(reference)
