@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import socket
-import statistics
 import threading
-import time
 from collections.abc import Callable
 
 import torch
 
 from experiments.tables import write_results
+from experiments.timing import median_ms
 from flsplit.dataplane import DataPlaneServer, dial
 from flsplit.frames import FrameType, decode_packet, read_frame, write_frame
 from flsplit.wire import Packet, decode, encode, upload_specs
@@ -32,15 +31,6 @@ from flsplit.wire import Packet, decode, encode, upload_specs
 ACTIVATION = (16, 32, 32)  # resnet20 cut s
 PAYLOADS_MIB = (8, 64)
 MAX_FRAME = 1 << 30
-
-
-def _median_ms(step: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
 
 
 def _one_way(sender: object, receiver: object, packet: Packet, specs: list) -> Callable[[], None]:
@@ -66,11 +56,11 @@ def measure(mib: int, repeats: int) -> dict:
         server = plane.connection(1, 10)
         row = {
             "payload_mib": mib,
-            "messages_encode_decode_ms": _median_ms(lambda: decode(encode(packet), specs), repeats),
-            "messages_encode_ms": _median_ms(lambda: encode(packet), repeats),
-            "messages_decode_ms": _median_ms(lambda: decode(content, specs), repeats),
-            "frames_socketpair_ms": _median_ms(_one_way(left, right, packet, specs), repeats),
-            "frames_tls_loopback_ms": _median_ms(_one_way(client.sock, server.sock, packet, specs), repeats),
+            "messages_encode_decode_ms": median_ms(lambda: decode(encode(packet), specs), repeats),
+            "messages_encode_ms": median_ms(lambda: encode(packet), repeats),
+            "messages_decode_ms": median_ms(lambda: decode(content, specs), repeats),
+            "frames_socketpair_ms": median_ms(_one_way(left, right, packet, specs), repeats),
+            "frames_tls_loopback_ms": median_ms(_one_way(client.sock, server.sock, packet, specs), repeats),
         }
         client.close()
         server.close()

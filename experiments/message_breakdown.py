@@ -35,21 +35,13 @@ from flwr.app import Message
 from flwr.server.superlink.fleet.vce import vce_api
 
 from experiments.tables import write_results
+from experiments.timing import median_ms
 from flsplit.flwr_internals import as_task, serialized_objects, stamp
 from flsplit.wire import Packet, decode, encode, upload_specs
 from apps.simulation_runtime import add_messages_on_push
 
 ACTIVATION = (16, 32, 32)  # resnet20 cut s
 PAYLOADS_MIB = (8, 64)
-
-
-def _median_ms(step: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
 
 
 @ray.remote
@@ -104,16 +96,16 @@ def measure(mib: int, repeats: int, echo: Any) -> dict[str, Any]:
         empty = stamp(Message(encode(Packet(info={"round": 1})), dst_node_id=1, message_type="train.step"), "e")
     specs = upload_specs(ACTIVATION, 10)
     ray.get(echo.run.remote(empty))  # warm the actor
-    ray_full = _median_ms(lambda: ray.get(echo.run.remote(message)), repeats)
-    ray_empty = _median_ms(lambda: ray.get(echo.run.remote(empty)), repeats)
+    ray_full = median_ms(lambda: ray.get(echo.run.remote(message)), repeats)
+    ray_empty = median_ms(lambda: ray.get(echo.run.remote(empty)), repeats)
     return {
         "payload_mib": mib,
         "batch": batch,
-        "encode_ms": _median_ms(lambda: encode(packet), repeats),
-        "flower_objects_ms": _median_ms(lambda: serialized_objects(content), repeats),
+        "encode_ms": median_ms(lambda: encode(packet), repeats),
+        "flower_objects_ms": median_ms(lambda: serialized_objects(content), repeats),
         "ray_round_trip_ms": ray_full - ray_empty,
         "ray_empty_call_ms": ray_empty,
-        "decode_validate_ms": _median_ms(lambda: decode(content, specs), repeats),
+        "decode_validate_ms": median_ms(lambda: decode(content, specs), repeats),
         "repeats": repeats,
     }
 

@@ -52,8 +52,28 @@ def write_private(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """The private key as unencrypted PKCS#8 PEM (write it with ``write_private``)."""
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def self_signed(common_name: str, days: int, ca: bool = False) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A new EC key and a certificate it signs itself, valid from five minutes ago for ``days`` days."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+    )
+    if ca:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    return builder.sign(key, hashes.SHA256()), key
 
 
 def _load_or_make_ca(paths: Certificates, now: datetime.datetime, ca_days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -63,20 +83,8 @@ def _load_or_make_ca(paths: Certificates, now: datetime.datetime, ca_days: int) 
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ValueError(f"{paths.ca_key}: not an EC private key; move ca.pem and ca.key away to make a new CA")
         return x509.load_pem_x509_certificate(paths.ca_cert.read_bytes()), key
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "flsplit CA")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=ca_days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    write_private(paths.ca_key, _pem_key(key))
+    cert, key = self_signed("flsplit CA", ca_days, ca=True)
+    write_private(paths.ca_key, pem_key(key))
     paths.ca_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert, key
 
@@ -113,7 +121,7 @@ def make_certificates(
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    write_private(paths.server_key, _pem_key(server_key))
+    write_private(paths.server_key, pem_key(server_key))
     paths.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     return paths
 

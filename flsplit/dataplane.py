@@ -16,7 +16,6 @@ between two parties that already trust Flower's channel for the ticket.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import hmac
 import logging
@@ -29,11 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
+from flsplit.certificates import pem_key, self_signed, write_private
 from flsplit.frames import Frame, FrameType, Sent, decode_packet, read_frame, write_frame
 from flsplit.wire import Packet, PayloadError, TensorSpec
 
@@ -131,23 +128,10 @@ def _run_certificate(directory: Path) -> tuple[Path, Path, str]:
     The client pins the fingerprint it got over Flower's authenticated channel, so no CA, host
     name or PKI is involved, and the key never leaves the ServerApp's temporary directory.
     """
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "flsplit data plane")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
+    cert, key = self_signed("flsplit data plane", days=30)
     cert_path, key_path = directory / "dataplane.crt", directory / "dataplane.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.touch(mode=0o600)
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    write_private(key_path, pem_key(key))
     return cert_path, key_path, fingerprint_of(cert.public_bytes(serialization.Encoding.DER))
 
 

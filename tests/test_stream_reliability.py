@@ -24,6 +24,7 @@ from flsplit.optim import build_optimizer
 from flsplit.split import build_halves
 from flsplit.wire import Packet, decode, encode
 from tests.in_process_grid import InProcessGrid
+from tests.test_reliability import EXPECTED as MESSAGE_PATH_REASONS
 from strategies import ServerHalf, get_strategy
 from apps import client_app, rounds
 from apps.exchange import Exchange
@@ -71,17 +72,8 @@ BAD: dict[str, tuple[Callable[[], Packet], str]] = {
     "batch sizes disagree with samples": (lambda: _upload(batch_sizes=[8, 4]), "fp32"),
     "truncated bytes": (lambda: _upload(), "truncate"),
 }
-EXPECTED = {
-    "missing key": "missing the 'labels' record",
-    "wrong dtype": "dtype float16",
-    "wrong shape for the cut": "shape",
-    "NaN": "NaN or Inf",
-    "Inf": "NaN or Inf",
-    "label out of range": "label values",
-    "batch-size mismatch": "batch-size mismatch",
-    "batch sizes disagree with samples": "batch_sizes",
-    "truncated bytes": "truncated",
-}
+#: The message path's reasons (tests/test_reliability.py), but a cut-off frame names its truncation.
+EXPECTED = {kind: reason for kind, reason in MESSAGE_PATH_REASONS.items() if kind in BAD} | {"truncated bytes": "truncated"}
 
 
 class _Buffer:
