@@ -36,6 +36,17 @@ class Reply:
     server_busy_s: float = 0.0  # server compute while this message was out (see ``busy_clock``)
 
 
+#: How Flower's simulation wraps a ClientApp's exception: a Ray traceback, then this, then the message.
+RAY_WRAPPED = "occurred. Message: "
+
+
+def client_reason(reason: str) -> str:
+    """A ClientApp's error as its own exception said it, without the Ray traceback around it in simulation."""
+    if RAY_WRAPPED not in reason:
+        return reason
+    return reason.rsplit(RAY_WRAPPED, 1)[1].rstrip("'>\n ")
+
+
 class _TooLargeWatch(logging.Filter):
     """Notices Flower's log line for an HTTP 413 on pull, which it otherwise reports as 'no reply'.
 
@@ -135,7 +146,7 @@ class Exchange:
                 time.sleep(self.poll_s)
         message, round_trip, kind, busy = self._arrived.pop(node_id)
         if message.has_error():
-            return Reply(node_id, message, None, f"client error: {message.error.reason}", round_trip, busy)
+            return Reply(node_id, message, None, f"client error: {client_reason(message.error.reason)}", round_trip, busy)
         if message.metadata.message_type != kind.message_type:
             reason = f"bad payload: reply of type '{message.metadata.message_type}' to a '{kind.message_type}' message"
             return Reply(node_id, message, None, reason, round_trip, busy)

@@ -25,7 +25,7 @@ from tests.in_process_grid import InProcessGrid
 from strategies import ServerHalf, get_strategy
 from apps import client_app, rounds
 from apps.client_app import train_step
-from apps.exchange import Exchange
+from apps.exchange import Exchange, client_reason
 
 pytestmark = pytest.mark.usefixtures("task_identity")  # messages built outside a Flower runtime
 
@@ -233,3 +233,15 @@ def test_a_reply_lost_to_a_size_limit_is_a_clear_error_not_a_hang() -> None:
     assert honest.packet is not None
     assert lost.packet is None and "too large for the SuperLink (HTTP 413)" in lost.error
     assert time.monotonic() - started < 5
+
+
+def test_a_client_error_wrapped_in_a_ray_traceback_reads_as_the_clients_own_message() -> None:
+    # Prepare: Flower's simulation reason for a ClientApp that raised (shortened)
+    wrapped = (
+        "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor.run() ...\\n"
+        "  File \"client_app.py\", line 76, in hello\\nflsplit.data.errors.DatasetNotFoundError: data-dir: no cifar10 found\\n"
+        "flwr.clientapp.client_app.ClientAppException: \\nException ClientAppException occurred. Message: data-dir: no cifar10 found at '/x'.'>"
+    )
+    # Execute / Assert
+    assert client_reason(wrapped) == "data-dir: no cifar10 found at '/x'."
+    assert client_reason("plain reason") == "plain reason"
