@@ -44,7 +44,7 @@ def client_reason(reason: str) -> str:
     """A ClientApp's error as its own exception said it, without the Ray traceback around it in simulation."""
     if RAY_WRAPPED not in reason:
         return reason
-    return reason.rsplit(RAY_WRAPPED, 1)[1].rstrip("'>\n ")
+    return reason.rsplit(RAY_WRAPPED, 1)[1].strip().removesuffix("'>")
 
 
 class _TooLargeWatch(logging.Filter):
