@@ -37,7 +37,6 @@ DIAL_POLL_S = 0.02
 class _Stream:
     """A node's round on the data plane: its connection (once admitted), and the last request's clock."""
 
-    round_number: int
     connection: Connection | None = None
     sent_at: float = 0.0
     busy_at: float = 0.0
@@ -96,9 +95,8 @@ class StreamExchange:
             self.messages.send(node_id, kind, packet)
             return
         if stream is None:  # the round's first request: the ticket rides on the Flower message
-            round_number = int(packet.info["round"])  # type: ignore[arg-type]
-            ticket = self.plane.ticket(node_id, round_number)
-            self._streams[node_id] = stream = _Stream(round_number)
+            ticket = self.plane.ticket(node_id, int(packet.info["round"]))  # type: ignore[arg-type]
+            self._streams[node_id] = stream = _Stream()
             self.messages.send(node_id, kind, Packet(packet.tensors, packet.info | ticket.as_info()))
         elif stream.connection is not None:
             sent = stream.connection.send(packet, self.messages.wire_dtype)
