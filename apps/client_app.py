@@ -7,6 +7,7 @@ import resource
 import time
 from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from flwr.app import ConfigRecord, Context, Message, MetricRecord
@@ -21,7 +22,7 @@ from flsplit.memory import measure
 from flsplit.optim import set_round_lr
 from flsplit.software import software
 from flsplit.split import activation_shape
-from flsplit.wire import Packet, decode, encode, load_weights, weight_specs, weights_of
+from flsplit.wire import Packet, PayloadError, decode, encode, load_weights, weight_specs, weights_of
 from strategies import ClientHalf, ClientSlice, get_strategy, parse_config
 from apps import IMPORT_STARTED_AT, simulation_runtime
 from apps.client_state import (
@@ -93,11 +94,12 @@ def train_step(msg: Message, context: Context) -> Message:
     strategy = get_strategy(config.strategy)
     half = strategy.client(config)
     client = load_slice(context, config, strategy)
-    specs = half.download_specs(activation_shape(config))
+    shape = activation_shape(config)
+    specs = half.request_specs(client, shape)
     request = decode(msg.content, specs if msg.content.array_records else [], wire_dtype=config.wire_dtype).to(client.placement.device)  # validated on the CPU
     if "stream_token" in request.info:
         summary = serve_round(
-            request, Ticket.from_info(request.info), context.node_id, config, specs,
+            request, Ticket.from_info(request.info), context.node_id, config, lambda: half.request_specs(client, shape),
             lambda r, t: _train_once(half, r, client, config, t), lambda r: r.to(client.placement.device),
         )
         save_slice(context, client, config.client_cache)
@@ -182,6 +184,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     strategy = get_strategy(config.strategy)
     client = load_slice(context, config, strategy)
     synced = strategy.synced_modules(client.modules())
+    if "activations" in msg.content.array_records and strategy.topology == "u-shaped":  # z2 for the head, which scores here
+        request = decode(msg.content, strategy.client(config).head_input_specs(), wire_dtype=config.wire_dtype)
+        return Message(encode(_score_head(context, config, client, request)), reply_to=msg)
     specs = weight_specs(synced) if "weights" in msg.content.array_records else []
     request = decode(msg.content, specs, same_batch=False)
     if "weights" in request.tensors:
@@ -195,13 +200,18 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(encode(chunk, config.eval_wire), reply_to=msg)
 
 
+def _chunk(context: Context, config: RunConfig, offset: int) -> tuple[np.ndarray, int]:
+    """The test-split indices of the evaluation chunk at ``offset``, and the split's evaluated length."""
+    order = eval_indices(client_dataset(context, config), config.eval_samples)
+    c, h, w = activation_shape(config)
+    per_message = max(1, int(config.chunk_mb * MiB) // (c * h * w * part_dtypes(config.eval_wire)[""].itemsize))
+    return order[offset : offset + per_message], len(order)
+
+
 def _evaluate_chunk(context: Context, config: RunConfig, client: ClientSlice, offset: int) -> Packet:
     started = time.perf_counter()
     data = client_dataset(context, config)
-    order = eval_indices(data, config.eval_samples)
-    c, h, w = activation_shape(config)
-    per_message = max(1, int(config.chunk_mb * MiB) // (c * h * w * part_dtypes(config.eval_wire)[""].itemsize))
-    chosen = order[offset : offset + per_message]
+    chosen, evaluated = _chunk(context, config, offset)
     zs, ys = [], []
     aux_correct, aux_loss_sum = 0, 0.0
     client.bottom.eval()
@@ -220,10 +230,32 @@ def _evaluate_chunk(context: Context, config: RunConfig, client: ClientSlice, of
             ys.append(y)
     next_offset = offset + len(chosen)
     info = {
-        "done": next_offset >= len(order),
+        "done": next_offset >= evaluated,
         "next_offset": next_offset,
         "aux_correct": aux_correct,
         "aux_loss_sum": aux_loss_sum,
         "handler_s": time.perf_counter() - started,
     }
+    if client.head is not None:  # U-shaped: the labels stay here, for the head (``_score_head``)
+        return Packet({"activations": {"z": torch.cat(zs)}}, info)
     return Packet.upload(torch.cat(zs), torch.cat(ys), info)
+
+
+def _score_head(context: Context, config: RunConfig, client: ClientSlice, request: Packet) -> Packet:
+    """Run the head on the middle's ``z2`` of the chunk at ``head_offset``; only counts go back up."""
+    assert client.head is not None, "only a U-shaped split's client holds a head"
+    data = client_dataset(context, config)
+    chosen, _ = _chunk(context, config, int(request.info["head_offset"]))  # type: ignore[arg-type]
+    z2 = request.to(client.placement.device).activations
+    if len(z2) != len(chosen):
+        raise PayloadError(f"activations.z: {len(z2)} rows for a chunk of {len(chosen)} test samples")
+    correct, loss_sum = 0, 0.0
+    client.head.eval()
+    with torch.no_grad(), client.placement.autocast():
+        for start in range(0, len(chosen), EVAL_BATCH):
+            _, y = test_tensors(data, chosen[start : start + EVAL_BATCH])
+            logits = client.head(z2[start : start + EVAL_BATCH])
+            y = client.placement.put(y)
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+    return Packet(info={"correct": correct, "loss_sum": loss_sum, "samples": len(chosen)})

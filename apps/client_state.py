@@ -112,11 +112,13 @@ def load_slice(context: Context, config: RunConfig, strategy: type[SplitStrategy
     placement = client_placement(config.device, config.amp, config.deterministic)
     # Modules on the device first, then the optimizer over their (moved) parameters.
     modules = {name: module.to(placement.device) for name, module in strategy.client_modules(config).items()}
-    bottom, head = modules["bottom"], modules.get("aux")
-    params = list(bottom.parameters()) + (list(head.parameters()) if head is not None else [])
+    params = [p for module in modules.values() for p in module.parameters()]  # bottom, aux, head: a fixed order
     optimizer = build_optimizer(params, config)
     start = {"step": 0, "round_end": 0, "round": 0}
-    client = ClientSlice(bottom, head, optimizer, client_loader(context, config), start, placement=placement, scaler=placement.scaler())
+    client = ClientSlice(
+        modules["bottom"], modules.get("aux"), optimizer, client_loader(context, config), start,
+        placement=placement, scaler=placement.scaler(), head=modules.get("head"),
+    )
     if counters is not None:
         _restore(context, client, counters)
     return client

@@ -164,7 +164,8 @@ class UploadReport:
             handler_s=float(info["handler_s"]),  # type: ignore[arg-type]
             peak_rss_mb=float(info["peak_rss_mb"]),  # type: ignore[arg-type]
             aux_loss_sum=float(info.get("aux_loss_sum", 0.0)),  # type: ignore[arg-type]
-            local_samples=int(info.get("local_samples", len(upload.labels) if upload.has_data else 0)),  # type: ignore[arg-type]
+            # (not ``info.get``'s default: that is evaluated first, and a U-shaped upload has no labels)
+            local_samples=int(info["local_samples"]) if "local_samples" in info else len(upload.labels) if upload.has_data else 0,  # type: ignore[arg-type]
             memory=MemoryReading(
                 int(info["memory_peak_bytes"]),  # type: ignore[arg-type]
                 int(info["memory_saved_bytes"]),  # type: ignore[arg-type]
@@ -224,7 +225,8 @@ class RoundDriver:
         self.meter: ProgressMeter | None = None  # this round's progress (flsplit.progress)
         self.round_batches: dict[int, int] = {}  # batches each partition has trained on this round
         self.synced = strategy.synced_modules(strategy.client_modules(config))
-        self.specs = server.upload_specs(activation_shape(config))
+        self.shape = activation_shape(config)
+        self.specs = server.upload_specs(self.shape)
         self.probes: dict[int, int] = {}  # uploads measured for the server's peak memory, per partition
         self.aggregated: dict[str, torch.Tensor] | None = None  # the last round's averaged slice
         self.holder: Client | None = None  # with client-sync = "relay": the client holding the slice
@@ -313,7 +315,7 @@ class RoundDriver:
             self._request(client, round_number)
         while active:
             for client in list(active):
-                reply = self.exchange.receive(client.node_id, self.specs)
+                reply = self.exchange.receive(client.node_id, self.server.upload_specs_of(client.index, self.shape))
                 upload = reply.packet
                 try:
                     if upload is None:
@@ -333,7 +335,7 @@ class RoundDriver:
                 pipelined = not self.server.awaits_reply(client.index)
                 if pipelined and not done:
                     self._request(client, round_number)
-                answer = self._train_on(client, upload, stats) if upload.has_data else None
+                answer = self._train_on(client, upload, stats) if upload.tensors else None
                 if not pipelined and not done:
                     self._request(client, round_number, answer)
                 if done:
@@ -405,8 +407,9 @@ class RoundDriver:
             self.exchange.send(client.node_id, MessageKind.EVALUATE, Packet({"weights": weights} if weights is not None else {}, info))
         results, scored_partitions = [], []
         self.server.top.eval()
+        score = self._score_on_client if self.strategy.topology == "u-shaped" else self._score
         for client in reachable:
-            scored = self._score(client, client in evaluators, stats)
+            scored = score(client, client in evaluators, stats)
             if scored is not None:
                 results.append(scored)
                 scored_partitions.append(client.partition_id)
@@ -450,6 +453,39 @@ class RoundDriver:
             aux_correct += int(info["aux_correct"])  # type: ignore[arg-type]
             if info["done"]:
                 return correct / samples, loss_sum / samples, aux_correct / samples
+
+
+    def _score_on_client(self, client: Client, evaluates: bool, stats: RoundStats) -> tuple[float, float, float] | None:
+        """``_score`` for a U-shaped split: the client's head scores, so no test label comes up.
+
+        Per chunk, the client's ``z1`` comes up, the middle's ``z2`` goes down, and the client
+        answers with its head's correct count and loss sum over the chunk.
+        """
+        correct = samples = aux_correct = 0
+        loss_sum, offset = 0.0, 0
+        while True:
+            reply = self.exchange.receive(client.node_id, self.specs)
+            if reply.packet is None:
+                stats.fail(client, reply.error or "no reply", "evaluation")
+                return None
+            if not evaluates:
+                return None
+            info = reply.packet.info
+            with torch.no_grad(), self.server.placement.autocast():
+                z2 = self.server.top(reply.packet.to(self.server.placement.device).activations)
+            self.exchange.send(client.node_id, MessageKind.EVALUATE, Packet({"activations": {"z": z2}}, {"head_offset": offset}))
+            scored = self.exchange.receive(client.node_id, [])
+            if scored.packet is None:
+                stats.fail(client, scored.error or "no reply", "evaluation")
+                return None
+            correct += int(scored.packet.info["correct"])  # type: ignore[arg-type]
+            loss_sum += float(scored.packet.info["loss_sum"])  # type: ignore[arg-type]
+            samples += int(scored.packet.info["samples"])  # type: ignore[arg-type]
+            aux_correct += int(info["aux_correct"])  # type: ignore[arg-type]
+            if info["done"]:
+                return correct / samples, loss_sum / samples, aux_correct / samples
+            offset = int(info["next_offset"])  # type: ignore[arg-type]
+            self.exchange.send(client.node_id, MessageKind.EVALUATE, Packet(info={"offset": offset, "evaluate": True}))
 
 
 def round_line(metrics: dict[str, Any], total_rounds: int) -> str:

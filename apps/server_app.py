@@ -21,7 +21,6 @@ from flsplit.ledger import Ledger
 from flsplit.optim import build_optimizer
 from flsplit.results import ResultsWriter, flower_run_dir
 from flsplit.software import software
-from flsplit.split import build_halves
 from flsplit.status import RunStatus
 from flsplit.tracking import open_tracker
 from strategies import ServerHalf, SplitStrategy, get_strategy, parse_config
@@ -117,8 +116,7 @@ def build_server(config: RunConfig, strategy: type[SplitStrategy]) -> ServerHalf
     """The strategy's server half, its top slice on ``server-device`` (fails at start-up if absent)."""
     set_deterministic(config.deterministic)
     placement = Placement.of(config.server_device_name, config.amp, "server-device" if config.server_device else "device")
-    _, top, _ = build_halves(config)
-    top = top.to(placement.device)  # on the device first, then the optimizer over its parameters
+    top = strategy.server_slice(config).to(placement.device)  # on the device first, then the optimizer over its parameters
     return strategy.server(top, build_optimizer(list(top.parameters()), config), config)
 
 

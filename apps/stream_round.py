@@ -25,13 +25,14 @@ def serve_round(
     ticket: Ticket,
     node_id: int,
     config: RunConfig,
-    specs: Sequence[TensorSpec],
+    specs_of: Callable[[], Sequence[TensorSpec]],
     train_once: Callable[[Packet, float], Packet],
     on_device: Callable[[Packet], Packet],
 ) -> dict[str, float | int]:
     """Serve the round over the data plane; return what the round message's reply reports.
 
     ``train_once(request, received_at)`` is the message transport's step (apply, train,
+    upload); ``specs_of()`` says what the next request must carry (it may change with every
     upload); ``on_device`` moves a validated request to the slice's device.
     """
     started = time.perf_counter()
@@ -44,7 +45,7 @@ def serve_round(
             uploads += 1
             if upload.info.get("done"):
                 break
-            received, _ = connection.receive(specs, wire_dtype=config.wire_dtype)
+            received, _ = connection.receive(specs_of(), wire_dtype=config.wire_dtype)
             received_at = time.perf_counter()
             request = on_device(received)
     except BaseException as err:

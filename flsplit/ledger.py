@@ -57,6 +57,9 @@ class Ledger:
             "bytes_up_activations": total("up", "activations"),
             "bytes_up_labels": total("up", "labels"),
             "bytes_down_gradients": total("down", "gradients"),
+            # A U-shaped split's middle sends its output z2 down, and the client's head returns dL/dz2.
+            "bytes_down_activations": total("down", "activations"),
+            "bytes_up_gradients": total("up", "gradients"),
             "bytes_model_sync": total(None, "weights"),
             "bytes_model_relay": total(None, "relay"),
             "bytes_down_aux_model": total("down", "aux_model"),
@@ -64,6 +67,8 @@ class Ledger:
             "bytes_control_down": total("down", "control"),
             "bytes_eval_up": total("up", phase="eval"),
             "bytes_eval_down": total("down", phase="eval"),
+            "bytes_eval_up_labels": total("up", "labels", phase="eval"),  # 0 in a U-shaped split
+            "bytes_eval_down_activations": total("down", "activations", phase="eval"),
         }
         for key, value in self._round.items():
             self.totals[key] += value

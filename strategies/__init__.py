@@ -9,6 +9,7 @@ from strategies import (  # noqa: F401 - importing registers them
     hybrid,
     splitfed_v1,
     splitfed_v2,
+    u_shaped,
 )
 from strategies.base import (
     ClientHalf,

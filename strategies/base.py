@@ -62,10 +62,13 @@ class ClientSlice:
     placement: Placement = field(default_factory=Placement)
     #: Scales the client's loss (or the server's gradient) for ``fp16`` on CUDA; passes through otherwise.
     scaler: torch.amp.GradScaler = field(default_factory=lambda: Placement().scaler())
+    #: The network's last layers and the loss, held by the client in a U-shaped split.
+    head: nn.Module | None = None
 
     def modules(self) -> dict[str, nn.Module]:
-        """The trainable modules by name (``bottom``, and ``aux`` where the strategy has one)."""
-        return {"bottom": self.bottom} | ({"aux": self.aux} if self.aux is not None else {})
+        """The trainable modules by name (``bottom``; ``aux`` and ``head`` where the strategy has them)."""
+        optional = {"aux": self.aux, "head": self.head}
+        return {"bottom": self.bottom} | {name: module for name, module in optional.items() if module is not None}
 
     def next_batch(self) -> tuple[int, torch.Tensor, torch.Tensor] | None:
         """The next batch of this round as ``(step, x, y)``, or ``None`` when the round is done."""
@@ -108,6 +111,14 @@ class ClientHalf(ABC):
     def download_specs(self, activation_shape: tuple[int, int, int]) -> list[TensorSpec]:
         """What a training request from the server may carry (default: no tensors)."""
         return []
+
+    def request_specs(self, client: ClientSlice, activation_shape: tuple[int, int, int]) -> list[TensorSpec]:
+        """What the next request to ``client`` must carry, given what the client last sent.
+
+        Default: ``download_specs``, the same for every request. A strategy whose requests
+        alternate (a U-shaped split sends ``z2``, then ``dL/dz1``) keys them by its counters.
+        """
+        return self.download_specs(activation_shape)
 
 
 class ServerHalf(ABC):
@@ -165,6 +176,14 @@ class ServerHalf(ABC):
     def upload_specs(self, activation_shape: tuple[int, int, int]) -> list[TensorSpec]:
         """What an upload carrying data must contain: activations and their labels."""
         return upload_specs(activation_shape, self.config.num_classes)
+
+    def upload_specs_of(self, client_id: int, activation_shape: tuple[int, int, int]) -> list[TensorSpec]:
+        """What ``client_id``'s next upload must contain, given what the server last asked it for.
+
+        Default: ``upload_specs``, the same for every upload and client. A strategy whose
+        uploads alternate (a U-shaped split: ``z1``, then ``dL/dz2``) answers per client.
+        """
+        return self.upload_specs(activation_shape)
 
     def train_batches(
         self,
@@ -260,6 +279,9 @@ class SplitStrategy:
     """A named pair of halves. Subclass, set the attributes, and decorate with ``@register``."""
 
     name: str = ""
+    #: ``label-sharing``: the server holds the network's top and the loss, so labels go up.
+    #: ``u-shaped``: the client holds the head too (``ClientSlice.head``); no label leaves it.
+    topology: str = "label-sharing"
     #: The client trains a second module besides its bottom slice (see ``client_modules``).
     uses_aux_head: bool = False
     #: How the client slices are kept in step when ``client-sync`` is empty: ``none`` (each
@@ -343,6 +365,11 @@ class SplitStrategy:
         """
         bottom, _, aux = build_halves(config)
         return {"bottom": bottom} | ({"aux": aux} if cls.uses_aux_head else {})
+
+    @classmethod
+    def server_slice(cls, config: RunConfig) -> nn.Sequential:
+        """The server's trainable slice, initialised from the seed (the top half; a U-shaped split's middle)."""
+        return build_halves(config)[1]
 
     @classmethod
     def synced_modules(cls, modules: dict[str, nn.Module]) -> dict[str, nn.Module]:

@@ -32,11 +32,13 @@ def make_client(config: RunConfig, strategy: type[SplitStrategy] | str, steps: i
     strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
     placement = Placement.of(config.device, config.amp)
     modules = {name: module.to(placement.device) for name, module in strategy.client_modules(config).items()}
-    bottom, aux = modules["bottom"], modules.get("aux")
-    params = list(bottom.parameters()) + (list(aux.parameters()) if aux is not None else [])
+    params = [p for module in modules.values() for p in module.parameters()]
     loader = PartitionLoader(load_dataset("synthetic"), np.arange(64 * partition, 64 * (partition + 1)), config.batch_size, config.seed, partition)
     counters = {"step": 0, "round_start": 0, "round_end": steps, "round": 1}
-    return ClientSlice(bottom, aux, build_optimizer(params, config), loader, counters, placement=placement, scaler=placement.scaler())
+    return ClientSlice(
+        modules["bottom"], modules.get("aux"), build_optimizer(params, config), loader, counters,
+        placement=placement, scaler=placement.scaler(), head=modules.get("head"),
+    )
 
 
 def make_server(config: RunConfig, strategy: type[SplitStrategy] | str, top: nn.Module) -> ServerHalf:
@@ -81,9 +83,9 @@ def drive_round(
     requests, uploads = [], []
     while True:
         request.info["round"] = round_number
-        request = through_wire(request, half.download_specs(shape)).to(client.placement.device)
+        request = through_wire(request, half.request_specs(client, shape)).to(client.placement.device)
         requests.append(request)
-        upload = through_wire(half.train(request, client, max_bytes), server.upload_specs(shape))
+        upload = through_wire(half.train(request, client, max_bytes), server.upload_specs_of(client_id, shape))
         server.check_upload(upload)
         upload = upload.to(server.placement.device)
         uploads.append(upload)
