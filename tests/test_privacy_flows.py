@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from flwr.app import Context, Message, RecordDict
 
-from apps import client_state, server_app
 from flsplit.results import read_metrics
 from tests.in_process_grid import HANDLERS, InProcessGrid, run_server_app
+from apps import client_state, server_app
 
 pytestmark = [pytest.mark.usefixtures("task_identity"), pytest.mark.slow]  # a few seconds each
 
