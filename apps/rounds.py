@@ -487,6 +487,7 @@ class RoundDriver:
             offset = chunk.next_offset
             self.exchange.send(client.node_id, MessageKind.EVALUATE, Packet(info=EvaluateRequest(offset=offset).as_info()))
 
+
 def round_line(metrics: dict[str, Any], total_rounds: int) -> str:
     """The one log line per round: accuracy, losses, traffic and time."""
     failed = f" failed={metrics['failed_clients']}" if metrics["failed_clients"] else ""

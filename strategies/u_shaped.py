@@ -18,8 +18,11 @@ and ``dL/dz1``, so the halves say per exchange what the next one must carry
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from pydantic import field_validator
 from torch import nn
 
 from flsplit.config import RunConfig, StrategyParams
@@ -37,6 +40,12 @@ class HeadCut(StrategyParams):
     """Where the server's middle ends: the last block it holds; the client's head is the rest."""
 
     head_cut: str = ""  # empty: the classifier alone is the head
+
+    @field_validator("head_cut", mode="before")
+    @classmethod
+    def _index_as_text(cls, value: Any) -> Any:
+        """``head-cut = 8`` (a TOML integer) names block 8, as ``cut = 3`` does."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def head_cut_of(config: RunConfig) -> int:

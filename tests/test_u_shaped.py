@@ -15,6 +15,7 @@ from torch import nn
 from flsplit.config import ConfigError
 from flsplit.optim import build_optimizer
 from flsplit.split import build_u_slices
+from flsplit.wire import Packet
 from tests.halves import drive_round, make_client, make_config, make_server
 from strategies import get_strategy
 from strategies.u_shaped import head_cut_of
@@ -95,12 +96,35 @@ def test_a_head_cut_outside_the_top_slice_is_refused_by_name(head_cut: str) -> N
         get_strategy("csl-u").server_slice(config)
 
 
-def test_head_cut_moves_blocks_from_the_middle_to_the_head() -> None:
-    # Prepare
-    config = make_config(strategy="csl-u", **{"head-cut": "stage3.1"})
+@pytest.mark.parametrize("head_cut", ["stage3.1", 8])
+def test_head_cut_moves_blocks_from_the_middle_to_the_head(head_cut: str | int) -> None:
+    # Prepare: a block name, or its index as a TOML integer
+    config = make_config(strategy="csl-u", **{"head-cut": head_cut})
     # Execute
     modules = get_strategy("csl-u").client_modules(config)
     middle = get_strategy("csl-u").server_slice(config)
     # Assert: blocks 4..8 on the server; block 9 and the classifier in the client's head
     assert head_cut_of(config) == 8
     assert len(middle) == 5 and len(modules["head"]) == 2
+
+
+def test_interleaved_clients_recompute_a_stale_middle_and_keep_its_batchnorm_statistics() -> None:
+    # Prepare: two clients whose z1 both reach the middle before either dL/dz2 comes back
+    config = make_config(strategy="csl-u")
+    half = get_strategy("csl-u").client(config)
+    server = make_server(config, "csl-u", get_strategy("csl-u").server_slice(config))
+    clients = [make_client(config, "csl-u", steps=1, partition=i) for i in (0, 1)]
+    server.begin_round(1)
+    z2_down = {}
+    for i, client in enumerate(clients):
+        upload = half.train(Packet(info={"round": 1}), client, 1 << 30)
+        z2_down[i] = server.on_upload(i, upload)
+    statistics = [b.clone() for b in server.top.buffers()]
+    middle_before = _parameters(server.top)
+    # Execute: client 0's dL/dz2 steps the middle, so client 1's graph is stale when its own comes
+    replies = [server.on_upload(i, half.train(z2_down[i], client, 1 << 30)) for i, client in enumerate(clients)]
+    # Assert: both got dL/dz1; the middle took two steps; the recomputed forward left the running
+    # statistics as the two real forward passes made them
+    assert all(r is not None and r.gradients.shape == (16, 16, 32, 32) for r in replies)
+    assert all(not torch.equal(p, q) for p, q in zip(_parameters(server.top), middle_before) if p.dim() > 1)
+    assert all(torch.equal(b, s) for b, s in zip(server.top.buffers(), statistics))
