@@ -200,9 +200,11 @@ def simulation_run(strategy: str, batches: int, batch_size: int, work: Path) -> 
     return federations.in_simulation(work / name, _config(strategy, batches, batch_size, work, name), work / name / "metrics.jsonl", 3600)[-1]
 
 
-def _round_row(engine: str, strategy: str, batches: int, last: dict, transport: str = "messages", clients: int = 2) -> dict:
+def _round_row(engine: str, strategy: str, batches: int, batch_size: int, last: dict, transport: str = "messages", clients: int = 2) -> dict:
     return {
-        "engine": engine, "transport": transport, "clients": clients, "strategy": strategy, "batches_per_client": batches,
+        # max-batches caps a client's round; the synthetic set (1,024 images) may end it sooner
+        "engine": engine, "transport": transport, "clients": clients, "strategy": strategy, "max_batches": batches,
+        "batches_per_client": round(last["train_samples"] / clients / batch_size),
         "uploads": last["train_messages"], "round_s": round(last["round_s"], 2), "eval_s": round(last["eval_s"], 2),
         "round_trip_s_mean": round(last["round_trip_s"] / last["train_messages"], 3),
     }
@@ -245,22 +247,22 @@ def main() -> None:
         per_message[setup] = [parts_of(s) for s in stamps]
         parts[setup], means[setup] = breakdown(per_message[setup], statistics.median), breakdown(per_message[setup], statistics.mean)
         counts[setup] = len(stamps)
-        rounds.append(_round_row(f"deployment ({setup})", "csl", args.csl_batches, last))
+        rounds.append(_round_row(f"deployment ({setup})", "csl", args.csl_batches, args.batch_size, last))
         print(setup, json.dumps(parts[setup], indent=1), flush=True)
     for stream_setup in stream_setups:
         for clients in stream_clients:
             last, _, overhead = deployment_run(stream_setup, "csl", args.csl_batches, args.batch_size, work, clients, "stream")
             overheads.append({"setup": stream_setup, "transport": "stream (TLS)", "clients": clients, **overhead})
-            rounds.append(_round_row(f"deployment ({stream_setup})", "csl", args.csl_batches, last, "stream (TLS)", clients))
+            rounds.append(_round_row(f"deployment ({stream_setup})", "csl", args.csl_batches, args.batch_size, last, "stream (TLS)", clients))
             print(json.dumps(overheads[-1]), flush=True)
     for dsl_setup in dsl_setups:
         last = deployment_run(dsl_setup, "dsl", args.dsl_batches, args.batch_size, work)[0]
-        rounds.append(_round_row(f"deployment ({dsl_setup})", "dsl", args.dsl_batches, last))
+        rounds.append(_round_row(f"deployment ({dsl_setup})", "dsl", args.dsl_batches, args.batch_size, last))
         for stream_setup in (s for s in stream_setups if s == dsl_setup):
             last = deployment_run(stream_setup, "dsl", args.dsl_batches, args.batch_size, work, 2, "stream")[0]
-            rounds.append(_round_row(f"deployment ({stream_setup})", "dsl", args.dsl_batches, last, "stream (TLS)"))
+            rounds.append(_round_row(f"deployment ({stream_setup})", "dsl", args.dsl_batches, args.batch_size, last, "stream (TLS)"))
     if not args.no_simulation:
-        rounds.append(_round_row("simulation", "dsl", args.dsl_batches, simulation_run("dsl", args.dsl_batches, args.batch_size, work)))
+        rounds.append(_round_row("simulation", "dsl", args.dsl_batches, args.batch_size, simulation_run("dsl", args.dsl_batches, args.batch_size, work)))
     conditions = {
         "note": args.note,
         "host": platform.node(), "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(),
