@@ -188,7 +188,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         load_weights(synced, request.tensors["weights"])
         save_slice(context, client, config.client_cache)
     if "checkpoint_round" in request.info:
-        write_checkpoint(context, client, int(request.info["checkpoint_round"]))
+        write_checkpoint(context, config, client, int(request.info["checkpoint_round"]))
     if not request.info.get("evaluate", True):
         return Message(encode(Packet(info={"done": True})), reply_to=msg)
     chunk = _evaluate_chunk(context, config, client, int(request.info["offset"]))  # type: ignore[arg-type]
