@@ -29,6 +29,12 @@ class LeakAUC:
     #: The direction attack's reference sample of each class (its index in the batch given).
     reference_index: dict[int, int] | None = None
 
+    @property
+    def best(self) -> float:
+        """The most exposed class's AUC. The norm attack's mean is 0.5 whenever classes are
+        balanced (one score ranks them all), so its signal shows in the spread, not the mean."""
+        return max(self.per_class.values())
+
 
 def roc_auc(scores: torch.Tensor, positives: torch.Tensor) -> float:
     """Area under the ROC curve: the chance a random positive outscores a random negative.
