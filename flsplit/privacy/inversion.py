@@ -90,7 +90,7 @@ def reconstruct(decoder: nn.Module, z: torch.Tensor, batch_size: int = 256) -> t
 
 def score_reconstructions(reconstructions: torch.Tensor, originals: torch.Tensor) -> ReconstructionScores:
     """Mean per-image MSE, PSNR and SSIM, both tensors pixel-space ``(N, C, H, W)`` in ``[0, 1]``."""
-    reconstructions, originals = reconstructions.clamp(0, 1).double(), originals.clamp(0, 1).double()
+    reconstructions, originals = reconstructions.clamp(0, 1).float(), originals.clamp(0, 1).float()
     mse = ((reconstructions - originals) ** 2).flatten(1).mean(dim=1)
     psnr = peak_signal_noise_ratio(reconstructions, originals, data_range=1.0, reduction="none", dim=(1, 2, 3))
     ssim = structural_similarity_index_measure(reconstructions, originals, data_range=1.0, reduction="none")
