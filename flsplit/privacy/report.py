@@ -186,7 +186,7 @@ def leak_markdown(result: dict[str, Any]) -> str:
         "",
         "## Label leakage from returned gradients",
         "",
-        "not measured: " + result["gradient_label_leakage"]["why"] if not result["gradient_label_leakage"]["measured"] else "",
+        f"not measured: {result['gradient_label_leakage']['why']}",
         "",
         "## What each attacker knew",
         "",
