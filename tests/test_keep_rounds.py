@@ -10,7 +10,7 @@ from flwr.app import ConfigRecord, Context, RecordDict
 from flsplit.checkpoint import client_checkpoint_path
 from flsplit.config import ConfigError
 from tests.halves import make_client, make_config
-from apps import client_state
+from apps import client_state, server_app
 
 
 def _context(clients_dir: Path) -> Context:
@@ -46,3 +46,14 @@ def test_keep_rounds_normalises_its_list_and_rejects_what_is_not_one() -> None:
         make_config(**{"keep-rounds": "1,last"})
     with pytest.raises(ConfigError, match="keep-rounds"):
         make_config(**{"keep-rounds": "0"})
+
+
+def test_a_resumed_run_may_keep_other_rounds() -> None:
+    # Prepare
+    saved = make_config().as_run_config()
+
+    # Execute
+    changed = server_app.changed_keys(make_config(**{"keep-rounds": "3", "resume": True}), saved)
+
+    # Assert
+    assert changed == []
