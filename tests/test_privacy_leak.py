@@ -91,3 +91,17 @@ def test_flsplit_leak_names_the_kept_rounds_when_asked_for_another(trained_run: 
     # Assert
     assert code == 2
     assert "keeps rounds [1]" in capsys.readouterr().err
+
+
+def test_flsplit_leak_gives_the_same_numbers_when_run_again(trained_run: Path) -> None:
+    # Prepare
+    first = json.loads((trained_run / "leak.json").read_text())
+
+    # Execute
+    assert cli.main(["leak", str(trained_run), *TINY]) == 0
+
+    # Assert
+    again = json.loads((trained_run / "leak.json").read_text())
+    assert again["reconstruction"] == first["reconstruction"]
+    assert again["label_inference"] == first["label_inference"]
+    assert again["dcor"] == first["dcor"]

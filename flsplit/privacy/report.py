@@ -61,7 +61,6 @@ class LeakOptions:
 
 def leak(run_dir: str | Path, options: LeakOptions = LeakOptions()) -> dict[str, Any]:
     """Attack ``run_dir`` at the chosen round, write the three files, and return ``leak.json``'s content."""
-    torch.manual_seed(options.seed)
     run = open_run(run_dir, options.round_number, options.partition, options.data_dir)
     data = run.dataset()
     sets = attack_data(data, run.partition_of(data), options.aux_size, options.target_size, options.seed)
@@ -94,8 +93,7 @@ def _attack(run: AttackedRun, sets: AttackData, options: LeakOptions, num_classe
         attacker: {name: asdict(score_reconstructions(reconstructions[name][attacker], target.pixels)) for name, target in sets.targets.items()}
         for attacker in ("white-box", "black-box", "baseline")
     }
-    train = sets.targets["train"]
-    grid = {"original": train.pixels} | {attacker: reconstructions["train"][attacker] for attacker in ("white-box", "black-box")}
+    grid = {"original": sets.targets["train"].pixels} | {attacker: reconstructions["train"][attacker] for attacker in ("white-box", "black-box")}
 
     # --- LABEL INFERENCE ---
     label_inference: dict[str, Any] = {"white-box": {}, "black-box": {}}
