@@ -192,7 +192,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         load_weights(synced, packet.tensors["weights"])
         save_slice(context, client, config.client_cache)
     if request.checkpoint_round is not None:
-        write_checkpoint(context, client, request.checkpoint_round)
+        write_checkpoint(context, config, client, request.checkpoint_round)
     if not request.evaluate:
         return Message(encode(Packet(info=Done().as_info())), reply_to=msg)
     chunk = _evaluate_chunk(context, config, client, request.offset)
