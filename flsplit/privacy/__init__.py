@@ -1,0 +1,1 @@
+"""Privacy: what a split leaks (dCor) and the defences a client applies to what it uploads."""
