@@ -1,37 +1,82 @@
-"""Distance correlation dCor(x, z) (Székely et al., 2007), differentiable, in torch.
+"""Distance correlation dCor(x, z): how much an activation still depends on its input.
 
-It is 0 exactly when a batch's inputs and activations are independent and 1 when one is an
-orthogonal linear map of the other, so it measures how much of ``x`` the activations carry
-whatever their shape. NoPeek (Vepakomma et al., 2020) minimises it on the client, and the
-leakage report quotes it as a proxy.
+Székely, Rizzo and Bakirov (2007). dCor is 0 only when x and z are independent and 1 when one is
+a similarity transform of the other, for any shapes of x and z, which makes it a cheap proxy for
+how much of the input the smashed data carries. The function is differentiable so that NoPeek
+(Vepakomma et al., 2020) can minimise it as a loss on the client.
 """
 
 from __future__ import annotations
 
 import torch
 
-#: Keeps the square roots differentiable where a distance or a variance is 0.
-_EPS = 1e-12
-
-
-def _centred_distances(samples: torch.Tensor) -> torch.Tensor:
-    """The batch's pairwise Euclidean distances, double-centred (rows and columns mean 0)."""
-    flat = samples.flatten(1).double()
-    norms = flat.pow(2).sum(1)
-    squared = (norms.unsqueeze(0) + norms.unsqueeze(1) - 2 * flat @ flat.T).clamp(min=0)  # B x B, not B x B x D
-    distances = (squared + _EPS).sqrt()  # not cdist: its gradient at a 0 distance is undefined
-    return distances - distances.mean(0, keepdim=True) - distances.mean(1, keepdim=True) + distances.mean()
+_EPSILON = 1e-12
 
 
 def distance_correlation(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Sample distance correlation of the batch ``x`` with ``z`` (same first dimension), in [0, 1].
+    """Sample distance correlation of two batches, differentiable in both.
 
-    Computed in float64 whatever autocast made ``z``; returned in ``z``'s float dtype so the
-    gradient flows back into ``z``'s graph.
+    Parameters
+    ----------
+    x, z : torch.Tensor
+        Batches with the same first dimension ``n`` (``n >= 2``); every other dimension is
+        flattened, so images and feature maps can be compared directly.
+
+    Returns
+    -------
+    torch.Tensor
+        A scalar in ``[0, 1]``: the square root of the biased V-statistic estimate, as in
+        NoPeek. It is biased upwards on small batches, so compare values at equal batch sizes.
     """
-    if len(x) != len(z) or len(x) < 2:
-        raise ValueError(f"distance_correlation: needs two or more paired samples, got {len(x)} and {len(z)}")
-    a, b = _centred_distances(x), _centred_distances(z)
-    covariance = (a * b).mean()
-    variance = ((a * a).mean() * (b * b).mean()).sqrt()
-    return (covariance.clamp(min=0) / (variance + _EPS) + _EPS).sqrt().to(torch.float32)
+    if x.shape[0] != z.shape[0]:
+        raise ValueError(
+            f"distance_correlation: x has {x.shape[0]} samples and z has {z.shape[0]}; "
+            "pass the same batch for both"
+        )
+    if x.shape[0] < 2:
+        raise ValueError("distance_correlation needs a batch of at least 2 samples")
+    a = _double_centred_distances(x)
+    b = _double_centred_distances(z)
+    covariance_xz = (a * b).mean()
+    variance_x = (a * a).mean()
+    variance_z = (b * b).mean()
+    squared = covariance_xz / (torch.sqrt(variance_x * variance_z) + _EPSILON)
+    return torch.sqrt(squared.clamp(min=0.0) + _EPSILON)
+
+
+def batched_distance_correlation(
+    x: torch.Tensor, z: torch.Tensor, batch_size: int = 256
+) -> float:
+    """Mean dCor over consecutive batches, for sets too large for one n×n distance matrix.
+
+    dCor depends on the batch size, so a report states it alongside the number.
+    """
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be at least 2, got {batch_size}")
+    values = []
+    with torch.no_grad():
+        for start in range(0, x.shape[0] - 1, batch_size):
+            x_batch = x[start : start + batch_size]
+            if x_batch.shape[0] < 2:
+                break
+            values.append(
+                float(distance_correlation(x_batch.double(), z[start : start + batch_size].double()))
+            )
+    if not values:
+        raise ValueError("batched_distance_correlation needs at least 2 samples")
+    return sum(values) / len(values)
+
+
+def _double_centred_distances(batch: torch.Tensor) -> torch.Tensor:
+    flat = batch.reshape(batch.shape[0], -1)
+    # |a|² + |b|² − 2a·b needs n×n memory, not the n×n×d of pairwise differences.
+    norms = flat.pow(2).sum(dim=1)
+    squared = (norms.unsqueeze(1) + norms.unsqueeze(0) - 2.0 * flat @ flat.T).clamp(min=0.0)
+    # The square root's gradient is infinite at 0 (the diagonal); the epsilon keeps it finite.
+    distances = torch.sqrt(squared + _EPSILON)
+    return (
+        distances
+        - distances.mean(dim=0, keepdim=True)
+        - distances.mean(dim=1, keepdim=True)
+        + distances.mean()
+    )
