@@ -57,23 +57,6 @@ def _ledger_bytes(uploads: list[Packet]) -> dict[str, int]:
     return ledger.round_summary()
 
 
-def test_distance_correlation_is_one_for_a_linear_map_and_near_zero_for_independent_samples() -> None:
-    # Prepare
-    rng = torch.Generator().manual_seed(0)
-    x = torch.randn(500, 2, generator=rng)
-    z = torch.randn(500, 2, generator=rng, requires_grad=True)
-    # Execute
-    linear = distance_correlation(x, 3 * x + 1)
-    independent = distance_correlation(x, z)
-    independent.backward()
-    # Assert: the gradient exists and is finite (the pairs' 0 self-distances included)
-    assert linear.item() == pytest.approx(1.0, abs=1e-4)
-    assert independent.item() < 0.15
-    assert z.grad is not None and bool(z.grad.isfinite().all()) and z.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="two or more"):
-        distance_correlation(x[:1], x[:1])
-
-
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
@@ -187,7 +170,7 @@ def test_nopeek_adds_alpha_times_the_gradient_of_dcor_to_the_clients_first_step(
     # Assert: SGD's first step is -lr * gradient, so the difference is -lr * alpha * d dCor(x, bottom(x)) / d theta
     reference = make_client(config, strategy, steps=1).bottom
     x, _ = make_client(config, strategy, steps=1).loader.batch(0)
-    grads = torch.autograd.grad(distance_correlation(x, reference(x)), list(reference.parameters()))
+    grads = torch.autograd.grad(distance_correlation(x.double(), reference(x).double()), list(reference.parameters()))
     for (name, _), grad in zip(reference.named_parameters(), grads):
         assert torch.allclose(moved[alpha][name] - moved[0.0][name], -lr * alpha * grad, atol=1e-6, rtol=1e-3), name
 

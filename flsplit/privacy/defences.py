@@ -89,8 +89,8 @@ def nopeek_loss(config: RunConfig, x: torch.Tensor, z: torch.Tensor) -> torch.Te
     """``α·dCor(x, z)`` for the client's loss, or ``None`` when ``nopeek-weight`` is 0 (or the batch has one sample)."""
     if config.nopeek_weight == 0 or len(x) < 2:
         return None
-    with torch.autocast(z.device.type, enabled=False):
-        return config.nopeek_weight * distance_correlation(x, z)
+    with torch.autocast(z.device.type, enabled=False):  # in float64, whatever autocast made z
+        return config.nopeek_weight * distance_correlation(x.double(), z.double()).float()
 
 
 def backward_at_cut(
