@@ -143,10 +143,12 @@ def test_label_dp_sends_randomised_labels_and_off_sends_the_true_ones(strategy: 
     # Prepare: epsilon = 0 would keep 1 in 10; 0.2 keeps 12 %
     epsilon = 0.2
     # Execute
-    true, _ = _uploads(strategy)
+    true, client = _uploads(strategy)
     randomised, _ = _uploads(strategy, **{"label-dp": "rr", "label-dp-epsilon": epsilon})
-    # Assert: about the expected share of 48 labels is kept; the activations are untouched
+    # Assert: off, the data's own labels go up; on, about the expected share of those 48 is
+    # kept; the activations are untouched
     y_true = torch.cat([u.labels for u in true])
+    assert torch.equal(y_true, torch.cat([client.loader.batch(step)[1] for step in range(3)]))
     y_sent = torch.cat([u.labels for u in randomised])
     kept = float((y_true == y_sent).float().mean())
     assert abs(kept - keep_probability(epsilon, 10)) < 4 * math.sqrt(0.12 * 0.88 / len(y_true))
