@@ -17,9 +17,10 @@ from flsplit.compression import part_dtypes
 from flsplit.config import RunConfig
 from flsplit.data import eval_indices, test_tensors
 from flsplit.dataplane import Ticket
-from flsplit.memory import measure
+from flsplit.memory import MemoryReading, measure
 from flsplit.optim import set_round_lr
 from flsplit.privacy.defences import defend_upload
+from flsplit.protocol import Done, EvaluateChunk, EvaluateRequest, HelloReply, HelloRequest, RoundTag, UploadTimings
 from flsplit.software import software
 from flsplit.split import activation_shape
 from flsplit.wire import Packet, decode, encode, load_weights, weight_specs, weights_of
@@ -69,21 +70,23 @@ def hello(msg: Message, context: Context) -> Message:
     config = run_config(context)
     client_placement(config.device, config.amp, config.deterministic)  # a missing device fails here, at start-up
     partition_id, num_partitions = partition_of(context)
-    request = decode(msg.content, [])
-    if "clients_dir" in request.info:
-        context.state[RUN] = ConfigRecord({"clients_dir": str(request.info["clients_dir"])})
-    if "restore_round" in request.info:
-        restore_checkpoint(context, config, get_strategy(config.strategy), int(request.info["restore_round"]))
+    request = HelloRequest.of(decode(msg.content, []).info)
+    if request.clients_dir is not None:
+        context.state[RUN] = ConfigRecord({"clients_dir": request.clients_dir})
+    if request.restore_round is not None:
+        restore_checkpoint(context, config, get_strategy(config.strategy), request.restore_round)
     loader = client_loader(context, config)
-    info = {
-        "partition_id": partition_id,
-        "num_partitions": num_partitions,
-        "num_examples": len(loader),
-        "batches_per_round": _quota(config, loader.batches_per_epoch),
-        "nice": os.getpriority(os.PRIO_PROCESS, 0),
-        "threads": torch.get_num_threads(),
-    } | simulation_runtime.worker_resources() | software()
-    return Message(encode(Packet(info=info)), reply_to=msg)
+    reply = HelloReply(
+        partition_id=partition_id,
+        num_partitions=num_partitions,
+        num_examples=len(loader),
+        batches_per_round=_quota(config, loader.batches_per_epoch),
+        nice=os.getpriority(os.PRIO_PROCESS, 0),
+        threads=torch.get_num_threads(),
+        **simulation_runtime.worker_resources(),
+        **software(),
+    )
+    return Message(encode(Packet(info=reply.as_info())), reply_to=msg)
 
 
 @app.train("step")
@@ -102,7 +105,7 @@ def train_step(msg: Message, context: Context) -> Message:
             lambda r, t: _train_once(half, r, client, config, t), lambda r: r.to(client.placement.device),
         )
         save_slice(context, client, config.client_cache)
-        return Message(encode(Packet(info=summary)), reply_to=msg)
+        return Message(encode(Packet(info=summary.as_info())), reply_to=msg)
     ready_at = time.time()
     upload = _train_once(half, request, client, config, started)
     save_slice(context, client, config.client_cache)
@@ -117,30 +120,33 @@ def train_step(msg: Message, context: Context) -> Message:
 
 def _train_once(half: ClientHalf, request: Packet, client: ClientSlice, config: RunConfig, started: float) -> Packet:
     """Apply one request and train to the next upload, timed from ``started`` (when the request arrived)."""
-    round_number = int(request.info["round"])  # type: ignore[arg-type]
+    round_number = RoundTag.of(request.info).round
     if round_number != client.counters["round"]:
         client.counters["round"] = round_number
         client.counters["round_start"] = client.counters["step"]
         client.counters["round_end"] = client.counters["step"] + _quota(config, client.loader.batches_per_epoch)
     set_round_lr(client.optimizer, config, round_number)
-    upload = _train_measured(half, request, client, config)
+    upload, memory = _train_measured(half, request, client, config)
     defend_upload(upload, config, client.loader.partition_id, client.counters["step"])  # before anything sees it
     timings = client.watch.take()
-    upload.info |= {
-        "fwd_s": timings.get("fwd", 0.0),
-        "bwd_s": timings.get("bwd", 0.0),
-        "handler_s": time.perf_counter() - started,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "round_batches": client.counters["step"] - client.counters["round_start"],  # the server's progress lines
-    }
+    upload.info |= UploadTimings(
+        fwd_s=timings.get("fwd", 0.0),
+        bwd_s=timings.get("bwd", 0.0),
+        handler_s=time.perf_counter() - started,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        round_batches=client.counters["step"] - client.counters["round_start"],
+        memory_peak_bytes=memory.peak if memory else None,
+        memory_saved_bytes=memory.saved if memory else None,
+        memory_cuda_peak_bytes=memory.cuda_peak if memory else None,
+    ).as_info()
     return upload
 
 
-def _train_measured(half: ClientHalf, request: Packet, client: ClientSlice, config: RunConfig) -> Packet:
+def _train_measured(half: ClientHalf, request: Packet, client: ClientSlice, config: RunConfig) -> tuple[Packet, MemoryReading | None]:
     """``half.train``; the run's first ``memory-probe`` messages also measure peak memory."""
     if client.counters.get("probed", 0) >= config.memory_probe:
         client.live.pop("held_bytes", None)
-        return half.train(request, client, int(config.chunk_mb * MiB))
+        return half.train(request, client, int(config.chunk_mb * MiB)), None
     client.counters["probed"] = client.counters.get("probed", 0) + 1
     # A graph kept from the previous message (CSL) is memory this client holds, allocated
     # before this window opened; it is only in this process if the graph is.
@@ -148,10 +154,7 @@ def _train_measured(half: ClientHalf, request: Packet, client: ClientSlice, conf
     with measure(client.modules().values(), [client.optimizer], held) as reading:
         upload = half.train(request, client, int(config.chunk_mb * MiB))
     client.live["held_bytes"] = reading.held_after
-    upload.info |= {"memory_peak_bytes": reading.peak, "memory_saved_bytes": reading.saved}
-    if reading.cuda_peak is not None:
-        upload.info["memory_cuda_peak_bytes"] = reading.cuda_peak
-    return upload
+    return upload, reading
 
 
 @app.train("sync")
@@ -174,7 +177,7 @@ def relay(msg: Message, context: Context) -> Message:
     synced = strategy.synced_modules(client.modules())
     load_weights(synced, decode(msg.content, weight_specs(synced), same_batch=False).tensors["weights"])
     save_slice(context, client, config.client_cache)
-    return Message(encode(Packet(info={"done": True})), reply_to=msg)
+    return Message(encode(Packet(info=Done().as_info())), reply_to=msg)
 
 
 @app.evaluate()
@@ -185,15 +188,16 @@ def evaluate(msg: Message, context: Context) -> Message:
     client = load_slice(context, config, strategy)
     synced = strategy.synced_modules(client.modules())
     specs = weight_specs(synced) if "weights" in msg.content.array_records else []
-    request = decode(msg.content, specs, same_batch=False)
-    if "weights" in request.tensors:
-        load_weights(synced, request.tensors["weights"])
+    packet = decode(msg.content, specs, same_batch=False)
+    request = EvaluateRequest.of(packet.info)
+    if "weights" in packet.tensors:
+        load_weights(synced, packet.tensors["weights"])
         save_slice(context, client, config.client_cache)
-    if "checkpoint_round" in request.info:
-        write_checkpoint(context, client, int(request.info["checkpoint_round"]))
-    if not request.info.get("evaluate", True):
-        return Message(encode(Packet(info={"done": True})), reply_to=msg)
-    chunk = _evaluate_chunk(context, config, client, int(request.info["offset"]))  # type: ignore[arg-type]
+    if request.checkpoint_round is not None:
+        write_checkpoint(context, client, request.checkpoint_round)
+    if not request.evaluate:
+        return Message(encode(Packet(info=Done().as_info())), reply_to=msg)
+    chunk = _evaluate_chunk(context, config, client, request.offset)
     return Message(encode(chunk, config.eval_wire), reply_to=msg)
 
 
@@ -221,11 +225,11 @@ def _evaluate_chunk(context: Context, config: RunConfig, client: ClientSlice, of
             zs.append(z)
             ys.append(y)
     next_offset = offset + len(chosen)
-    info = {
-        "done": next_offset >= len(order),
-        "next_offset": next_offset,
-        "aux_correct": aux_correct,
-        "aux_loss_sum": aux_loss_sum,
-        "handler_s": time.perf_counter() - started,
-    }
-    return Packet.upload(torch.cat(zs), torch.cat(ys), info)
+    info = EvaluateChunk(
+        done=next_offset >= len(order),
+        next_offset=next_offset,
+        aux_correct=aux_correct,
+        aux_loss_sum=aux_loss_sum,
+        handler_s=time.perf_counter() - started,
+    )
+    return Packet.upload(torch.cat(zs), torch.cat(ys), info.as_info())

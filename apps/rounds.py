@@ -18,13 +18,22 @@ import torch.nn.functional as F
 from flwr.common.logger import log
 from flwr.serverapp.strategy import Strategy
 
+from flsplit import trace
 from flsplit.aggregation import aggregate_replies
 from flsplit.config import RunConfig
 from flsplit.coverage import covers_fewer_clients
 from flsplit.memory import MemoryReading, measure, tensor_bytes
 from flsplit.optim import set_round_lr
 from flsplit.progress import ProgressMeter
-from flsplit.protocol import MessageKind
+from flsplit.protocol import (
+    EvaluateChunk,
+    EvaluateRequest,
+    HelloReply,
+    HelloRequest,
+    MessageKind,
+    RoundTag,
+    UploadTimings,
+)
 from flsplit.split import activation_shape
 from flsplit.tracking import NoTracker, Tracker
 from flsplit.wire import Packet, PayloadError, weight_specs
@@ -33,8 +42,6 @@ from apps.exchange import Exchange, Reply
 from apps.stream_exchange import StreamExchange
 
 MiB = 1 << 20
-#: What a ClientApp's hello reports about its interpreter and versions (``flsplit.software``).
-SOFTWARE_KEYS = ("python_executable", "flsplit_version", "flsplit_path", "flwr_version", "torch_version")
 
 
 @dataclass
@@ -80,6 +87,7 @@ class RoundStats:
         # time, the server's own training on other uploads.
         self.comm_s += max(0.0, reply.round_trip_s - max(report.handler_s, reply.server_busy_s))
         self.round_trip_s += reply.round_trip_s
+        trace.record("upload", round_trip_s=reply.round_trip_s, handler_s=report.handler_s, server_busy_s=reply.server_busy_s)
         self.messages += 1
         self.aux_loss_sum += report.aux_loss_sum
         self.samples += report.local_samples
@@ -152,45 +160,36 @@ class UploadReport:
 
     @classmethod
     def of(cls, upload: Packet) -> UploadReport:
+        timings = UploadTimings.of(upload.info)
+        memory = None
+        if timings.memory_peak_bytes is not None:
+            memory = MemoryReading(timings.memory_peak_bytes, timings.memory_saved_bytes or 0, cuda_peak=timings.memory_cuda_peak_bytes)
         info = upload.info
-        missing = [key for key in ("fwd_s", "bwd_s", "handler_s", "peak_rss_mb") if key not in info]
-        if missing:
-            raise PayloadError(f"info: the upload lacks {missing}")
-        probed = "memory_peak_bytes" in info
-        cuda = info.get("memory_cuda_peak_bytes")
         return cls(
-            fwd_s=float(info["fwd_s"]),  # type: ignore[arg-type]
-            bwd_s=float(info["bwd_s"]),  # type: ignore[arg-type]
-            handler_s=float(info["handler_s"]),  # type: ignore[arg-type]
-            peak_rss_mb=float(info["peak_rss_mb"]),  # type: ignore[arg-type]
+            fwd_s=timings.fwd_s,
+            bwd_s=timings.bwd_s,
+            handler_s=timings.handler_s,
+            peak_rss_mb=timings.peak_rss_mb,
             aux_loss_sum=float(info.get("aux_loss_sum", 0.0)),  # type: ignore[arg-type]
             local_samples=int(info.get("local_samples", len(upload.labels) if upload.has_data else 0)),  # type: ignore[arg-type]
-            memory=MemoryReading(
-                int(info["memory_peak_bytes"]),  # type: ignore[arg-type]
-                int(info["memory_saved_bytes"]),  # type: ignore[arg-type]
-                cuda_peak=int(cuda) if cuda is not None else None,  # type: ignore[arg-type]
-            )
-            if probed
-            else None,
+            memory=memory,
             metrics=upload.metrics,
-            round_batches=int(info["round_batches"]) if "round_batches" in info else None,  # type: ignore[arg-type]
+            round_batches=timings.round_batches,
         )
 
 
-def hello(exchange: Exchange, node_ids: list[int], info: dict) -> list[Client]:
-    """Greet every node (passing ``info``, e.g. a checkpoint to restore); order by partition."""
+def hello(exchange: Exchange, node_ids: list[int], greeting: HelloRequest) -> list[Client]:
+    """Greet every node (telling it where checkpoints go, and any round to restore); order by partition."""
     for node_id in node_ids:
-        exchange.send(node_id, MessageKind.HELLO, Packet(info=dict(info)))
+        exchange.send(node_id, MessageKind.HELLO, Packet(info=greeting.as_info()))
     found = []
     for node_id in node_ids:
         reply = exchange.receive(node_id, [])
         if reply.packet is None:
             raise RuntimeError(f"node {node_id} failed at start-up: {reply.error}")
-        info = reply.packet.info
-        software = {key: str(info[key]) for key in SOFTWARE_KEYS if key in info}
-        resources = {key: float(info[key]) for key in ("worker_cpus", "worker_gpus") if key in info}  # type: ignore[arg-type]
-        facts = (int(info["num_examples"]), int(info["nice"]), int(info["threads"]), int(info["batches_per_round"]), software, resources)
-        found.append((int(info["partition_id"]), node_id, facts))
+        node = HelloReply.of(reply.packet.info)
+        facts = (node.num_examples, node.nice, node.threads, node.batches_per_round, node.software(), node.worker_resources())
+        found.append((node.partition_id, node_id, facts))
     found.sort(key=lambda row: row[:2])
     partitions = [pid for pid, *_ in found]
     if len(set(partitions)) != len(partitions):
@@ -351,7 +350,7 @@ class RoundDriver:
 
     def _request(self, client: Client, round_number: int, packet: Packet | None = None) -> None:
         packet = packet or self.server.request(client.index)
-        packet.info["round"] = round_number
+        packet.info |= RoundTag(round_number).as_info()
         self.exchange.send(client.node_id, MessageKind.STEP, packet)
 
     def _train_on(self, client: Client, upload: Packet, stats: RoundStats) -> Packet | None:
@@ -370,7 +369,7 @@ class RoundDriver:
         """Average the client slices with a Flower strategy's ``aggregate_train`` (FedAvg by default)."""
         live = [c for c in self.clients if c.partition_id not in stats.failures]
         for client in live:
-            self.exchange.send(client.node_id, MessageKind.SYNC, Packet(info={"round": round_number}))
+            self.exchange.send(client.node_id, MessageKind.SYNC, Packet(info=RoundTag(round_number).as_info()))
         replies = []
         specs = weight_specs(self.synced)
         for client in live:
@@ -401,7 +400,7 @@ class RoundDriver:
         if self.strategy.relays(self.config) and scores:  # the relayed slice is the model: its holder scores it
             evaluators = [c for c in reachable if c is self.holder][:1]
         for client in reachable:
-            info = {"offset": 0, "evaluate": client in evaluators, "checkpoint_round": round_number}
+            info = EvaluateRequest(evaluate=client in evaluators, checkpoint_round=round_number).as_info()
             self.exchange.send(client.node_id, MessageKind.EVALUATE, Packet({"weights": weights} if weights is not None else {}, info))
         results, scored_partitions = [], []
         self.server.top.eval()
@@ -434,11 +433,11 @@ class RoundDriver:
             if reply.packet is None:
                 stats.fail(client, reply.error or "no reply", "evaluation")
                 return None
-            info = reply.packet.info
             if not evaluates:
                 return None
-            if not info["done"]:
-                request = Packet(info={"offset": int(info["next_offset"]), "evaluate": True})  # type: ignore[arg-type]
+            chunk = EvaluateChunk.of(reply.packet.info)
+            if not chunk.done:
+                request = Packet(info=EvaluateRequest(offset=chunk.next_offset).as_info())
                 self.exchange.send(client.node_id, MessageKind.EVALUATE, request)
             scored = reply.packet.to(self.server.placement.device)
             y = scored.labels
@@ -447,8 +446,8 @@ class RoundDriver:
                 loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
                 correct += int((logits.argmax(1) == y).sum())
             samples += len(y)
-            aux_correct += int(info["aux_correct"])  # type: ignore[arg-type]
-            if info["done"]:
+            aux_correct += chunk.aux_correct
+            if chunk.done:
                 return correct / samples, loss_sum / samples, aux_correct / samples
 
 

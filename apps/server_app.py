@@ -19,6 +19,7 @@ from flsplit.config import ConfigError, RunConfig
 from flsplit.device import Placement, set_deterministic
 from flsplit.ledger import Ledger
 from flsplit.optim import build_optimizer
+from flsplit.protocol import HelloRequest
 from flsplit.results import ResultsWriter, flower_run_dir
 from flsplit.software import software
 from flsplit.split import build_halves
@@ -92,8 +93,8 @@ def _train(grid: Grid, config: RunConfig, writer: ResultsWriter, status: RunStat
     index = {n: i for i, n in enumerate(node_ids)}
     busy = lambda: server.watch.total  # noqa: E731 - the server's compute so far, for comm_s
     with open_exchange(grid, ledger, index, config, busy) as exchange:
-        setup = {"clients_dir": str(writer.dir / "clients")} | ({"restore_round": first_round - 1} if restored else {})
-        clients = rounds.hello(exchange, node_ids, setup)
+        greeting = HelloRequest(str(writer.dir / "clients"), restore_round=first_round - 1 if restored else None)
+        clients = rounds.hello(exchange, node_ids, greeting)
         if not restored:
             writer.write_config(config.as_run_config() | _run_facts(config, clients))
         _warn_on_other_software(clients)

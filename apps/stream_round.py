@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from flsplit.config import RunConfig
 from flsplit.dataplane import Ticket, dial
+from flsplit.protocol import RoundSummary
 from flsplit.wire import Packet, TensorSpec
 
 MiB = 1 << 20
@@ -28,7 +29,7 @@ def serve_round(
     specs: Sequence[TensorSpec],
     train_once: Callable[[Packet, float], Packet],
     on_device: Callable[[Packet], Packet],
-) -> dict[str, float | int]:
+) -> RoundSummary:
     """Serve the round over the data plane; return what the round message's reply reports.
 
     ``train_once(request, received_at)`` is the message transport's step (apply, train,
@@ -51,4 +52,4 @@ def serve_round(
         connection.close(f"{type(err).__name__}: {err}")  # the server learns why at once, not at a timeout
         raise
     connection.finish()  # the server closes once it has read "done"
-    return {"uploads": uploads, "round_handler_s": time.perf_counter() - started}
+    return RoundSummary(uploads=uploads, round_handler_s=time.perf_counter() - started)

@@ -9,11 +9,17 @@ SuperNode gets one torch thread (``warm-1thread``), as each virtual one gets 1 C
 default (2 threads each, ``warm``) two SuperNodes and the ServerApp oversubscribe the 2 cores.
 ``warm-1thread-nice15`` also runs the SuperNodes at nice 15 under the ServerApp, as Ray runs
 the simulation's clients.
+``--transports`` runs every engine on each transport (``stream``: per-batch frames on the
+data plane, TLS on for real SuperNodes, loopback plain TCP in simulation), so each ratio
+compares one transport's deployment with its own simulation. Peak resident memory of the
+client and server processes is reported per row (the whole process: Ray's worker in
+simulation, the forked ClientApp task on a SuperNode).
 Same seed, same config, one after the other, nothing else running. Writes
 ``experiments/results/deployment_epoch.{json,md}`` (``--name`` renames)::
 
     python -m experiments.deployment_epoch --data-dir <folder holding cifar10-jpeg.tar.gz>   # ~30 min, 2 idle cores
     python -m experiments.deployment_epoch --data-dir <dir> --engines simulation,warm,warm-1thread
+    python -m experiments.deployment_epoch --data-dir <dir> --transports stream --name deployment_epoch_stream
 """
 
 from __future__ import annotations
@@ -38,17 +44,18 @@ ENGINES: dict[str, tuple[str, dict[str, str] | None, int]] = {
 }
 
 
-def _config(strategy: str, work: Path, name: str, data_dir: Path, scale: dict[str, int]) -> str:
+def _config(strategy: str, work: Path, name: str, data_dir: Path, scale: dict[str, int], transport: str) -> str:
     return run_config_text({
         "strategy": strategy, "dataset": "cifar10", "data-dir": str(data_dir), "model": "resnet20", "cut": "s",
-        "num-server-rounds": 1, "batch-size": 128, "min-clients": 2, "results-dir": str(work), "run-name": name, **scale,
+        "num-server-rounds": 1, "batch-size": 128, "min-clients": 2, "results-dir": str(work), "run-name": name,
+        "transport": transport, **scale,
     })
 
 
-def epoch(engine: str, strategy: str, work: Path, data_dir: Path, scale: dict[str, int]) -> dict:
+def epoch(engine: str, strategy: str, work: Path, data_dir: Path, scale: dict[str, int], transport: str) -> dict:
     """One round (the epoch, then the test) on ``engine``: its metrics."""
-    name = f"{engine}-{strategy}"
-    config, metrics = _config(strategy, work, name, data_dir, scale), work / name / "metrics.jsonl"
+    name = f"{engine}-{strategy}-{transport}"
+    config, metrics = _config(strategy, work, name, data_dir, scale, transport), work / name / "metrics.jsonl"
     _, node_env, nice = ENGINES[engine]
     if node_env is None:
         return federations.in_simulation(work / name, config, metrics, timeout_s=7200)[-1]
@@ -56,13 +63,15 @@ def epoch(engine: str, strategy: str, work: Path, data_dir: Path, scale: dict[st
     return federations.on_supernodes(work / name, config, metrics, 7200, node_config=node_config, node_env=node_env, warm=True, nice=nice)[-1]
 
 
-def _row(engine: str, strategy: str, metrics: dict) -> dict:
-    messages = metrics["train_messages"]
+def _row(engine: str, strategy: str, transport: str, metrics: dict) -> dict:
+    uploads = metrics["train_messages"]
     return {
-        "strategy": strategy, "engine": engine, "train_s": round(metrics["round_s"], 1), "eval_s": round(metrics["eval_s"], 1),
-        "train_messages": messages, "round_trip_s_mean": round(metrics["round_trip_s"] / max(messages, 1), 3),
+        "strategy": strategy, "transport": transport, "engine": engine,
+        "train_s": round(metrics["round_s"], 1), "eval_s": round(metrics["eval_s"], 1),
+        "uploads": uploads, "round_trip_s_mean": round(metrics["round_trip_s"] / max(uploads, 1), 3),
         "test_accuracy": round(metrics["test_accuracy"], 4),
         **{key: round(metrics[key], 1) for key in ("server_s", "client_fwd_s", "client_bwd_s", "comm_s")},
+        "client_peak_rss_mb": round(metrics["client_peak_rss_mb"]), "server_peak_rss_mb": round(metrics["server_peak_rss_mb"]),
     }
 
 
@@ -71,6 +80,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True, help="the folder holding cifar10-jpeg.tar.gz")
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated, run in this order")
     parser.add_argument("--engines", default="simulation,warm-1thread", help=f"comma-separated, simulation first, of {list(ENGINES)}")
+    parser.add_argument("--transports", default="messages", help="comma-separated, of messages,stream: every engine runs on each")
     parser.add_argument("--max-batches", type=int, default=0, help="batches per client (0: the whole epoch); for a smoke run")
     parser.add_argument("--eval-samples", type=int, default=0, help="test images (0: all 10,000); for a smoke run")
     parser.add_argument("--note", default="", help="free text kept in the conditions, e.g. 'quiet machine'")
@@ -83,13 +93,18 @@ def main() -> None:
     rows = []
     work = Path(tempfile.mkdtemp(prefix="deployment-epoch-"))  # kept: the runs' logs and metrics
     print(f"runs in {work}", flush=True)
+    transports = [t.strip() for t in args.transports.split(",")]
+    if not set(transports) <= {"messages", "stream"}:
+        parser.error(f"--transports: choose from messages, stream; got {args.transports}")
     for strategy in args.strategies.split(","):
-        for engine in engines:
-            rows.append(_row(ENGINES[engine][0], strategy, epoch(engine, strategy, work, args.data_dir.resolve(), scale)))
-            print(json.dumps(rows[-1]), flush=True)
+        for transport in transports:
+            for engine in engines:
+                rows.append(_row(ENGINES[engine][0], strategy, transport, epoch(engine, strategy, work, args.data_dir.resolve(), scale, transport)))
+                print(json.dumps(rows[-1]), flush=True)
     for row in rows:
-        base = next(r for r in rows if r["strategy"] == row["strategy"] and r["engine"] == "simulation")
+        base = next(r for r in rows if r["strategy"] == row["strategy"] and r["transport"] == row["transport"] and r["engine"] == "simulation")
         row["train_vs_simulation"] = round(row["train_s"] / base["train_s"], 2)
+        row["eval_vs_simulation"] = round(row["eval_s"] / base["eval_s"], 2)
     conditions = {
         "note": args.note, "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(),
         "run": "CIFAR-10, 2 clients (IID halves of 50,000), resnet20 cut s, batch 128, SGD 0.05, one round",

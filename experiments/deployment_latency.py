@@ -20,11 +20,19 @@ every training message's round trip into the parts below from the stamps of the 
   pulled message's objects have not all arrived (``apps.fast_pull`` off, on every party);
 - ``default``: the cold setup with Flower's own waits (3 s idle, 0.5 s reply poll, 1 s task poll).
 
+Every setup also reports the per-batch CSL **overhead** from the ServerApp's own clock: each
+upload's round trip minus the larger of the client's handler time and the server's compute
+while it was out (the rule ``comm_s`` uses), median over the round's uploads. With
+``--stream-setups`` the same CSL round also runs on ``transport = "stream"`` (TLS on, the data
+plane's default on SuperNodes) with each of ``--stream-clients`` SuperNodes, where a round is
+one Flower message and the batches are frames; the message breakdown does not apply there.
+
 Writes ``experiments/results/deployment_latency.{json,md}`` (``--name`` renames)::
 
     python -m experiments.deployment_latency                   # cold and warm, ~10-12 min on 2 idle cores
     python -m experiments.deployment_latency --setups warm --csl-batches 20
     python -m experiments.deployment_latency --setups warm,warm-1thread --dsl-setups warm,warm-1thread
+    python -m experiments.deployment_latency --setups warm-1thread --dsl-setups warm-1thread --stream-setups warm-1thread
 """
 
 from __future__ import annotations
@@ -138,31 +146,52 @@ def breakdown(per_message: list[dict[str, float]], average: Callable[[list[float
     return {name: average([p[name] for p in per_message]) for name in per_message[0]}
 
 
-def _config(strategy: str, batches: int, batch_size: int, work: Path, name: str) -> str:
+def per_batch_overhead(server_dir: Path) -> dict[str, float]:
+    """Median per-upload round trip and overhead (ms) of the traced run, from the ServerApp's clock.
+
+    Overhead = round trip − max(client handler, server busy while the request was out), the
+    rule ``comm_s`` sums; both rounds' uploads count (the second round's are warm).
+    """
+    uploads = trace.read(server_dir, "upload")
+    trips = [1000 * u["round_trip_s"] for u in uploads]
+    overheads = [1000 * max(0.0, u["round_trip_s"] - max(u["handler_s"], u["server_busy_s"])) for u in uploads]
+    return {
+        "uploads": len(uploads),
+        "round_trip_ms_median": round(statistics.median(trips), 1),
+        "overhead_ms_median": round(statistics.median(overheads), 1),
+        "overhead_ms_mean": round(statistics.mean(overheads), 1),
+        "handler_ms_median": round(statistics.median(1000 * u["handler_s"] for u in uploads), 1),
+    }
+
+
+def _config(strategy: str, batches: int, batch_size: int, work: Path, name: str, clients: int = 2, transport: str = "messages") -> str:
     return run_config_text({
         "strategy": strategy, "dataset": "synthetic", "model": "resnet20", "cut": "s", "num-server-rounds": 2,
-        "max-batches": batches, "batch-size": batch_size, "eval-samples": 64, "min-clients": 2,
-        "results-dir": str(work), "run-name": name,
+        "max-batches": batches, "batch-size": batch_size, "eval-samples": 64, "min-clients": clients,
+        "results-dir": str(work), "run-name": name, "transport": transport, "stream-tls": "on",
     })
 
 
-def deployment_run(setup: str, strategy: str, batches: int, batch_size: int, work: Path) -> tuple[dict, list[dict[str, float]]]:
-    """Two rounds on a fresh traced deployment: the second round's metrics, and every message's stamps."""
-    name = f"{setup}-{strategy}"
+def deployment_run(
+    setup: str, strategy: str, batches: int, batch_size: int, work: Path, clients: int = 2, transport: str = "messages"
+) -> tuple[dict, list[dict[str, float]], dict[str, float]]:
+    """Two rounds on a fresh traced deployment: the second round's metrics, every message's
+    stamps, and the per-batch overhead."""
+    name = f"{setup}-{strategy}" + ("" if transport == "messages" else f"-{transport}-{clients}clients")
     home = work / name
     server_dir = home / "trace-server"
-    node_dirs = [home / f"trace-node{i}" for i in range(federations.NUM_NODES)]
+    node_dirs = [home / f"trace-node{i}" for i in range(clients)]
     for folder in (server_dir, *node_dirs):
         folder.mkdir(parents=True)
     options, node_env, on_disk = SETUPS[setup]
     metrics = federations.on_supernodes(
-        home, _config(strategy, batches, batch_size, work, name), work / name / "metrics.jsonl", timeout_s=3600,
+        home, _config(strategy, batches, batch_size, work, name, clients, transport), work / name / "metrics.jsonl", timeout_s=3600,
         node_env=node_env, node_env_of={i: {trace.TRACE_ENV: str(d)} for i, d in enumerate(node_dirs)},
         # the pull backoff is the ServerApp's too (it runs in the SuperLink's environment)
         link_env={trace.TRACE_ENV: str(server_dir)} | {k: v for k, v in node_env.items() if k == fast_pull.BACKOFF_ENV},
-        database=home / "state.db" if on_disk else None, **options,
+        database=home / "state.db" if on_disk else None, num_nodes=clients, **options,
     )
-    return metrics[-1], journeys(server_dir, node_dirs)
+    return metrics[-1], journeys(server_dir, node_dirs), per_batch_overhead(server_dir)
 
 
 def simulation_run(strategy: str, batches: int, batch_size: int, work: Path) -> dict:
@@ -171,10 +200,11 @@ def simulation_run(strategy: str, batches: int, batch_size: int, work: Path) -> 
     return federations.in_simulation(work / name, _config(strategy, batches, batch_size, work, name), work / name / "metrics.jsonl", 3600)[-1]
 
 
-def _round_row(engine: str, strategy: str, batches: int, last: dict) -> dict:
+def _round_row(engine: str, strategy: str, batches: int, last: dict, transport: str = "messages", clients: int = 2) -> dict:
     return {
-        "engine": engine, "strategy": strategy, "batches_per_client": batches, "train_messages": last["train_messages"],
-        "round_s": round(last["round_s"], 2), "round_trip_s_mean": round(last["round_trip_s"] / last["train_messages"], 3),
+        "engine": engine, "transport": transport, "clients": clients, "strategy": strategy, "batches_per_client": batches,
+        "uploads": last["train_messages"], "round_s": round(last["round_s"], 2), "eval_s": round(last["eval_s"], 2),
+        "round_trip_s_mean": round(last["round_trip_s"] / last["train_messages"], 3),
     }
 
 
@@ -185,13 +215,17 @@ def main() -> None:
     parser.add_argument("--dsl-batches", type=int, default=6)
     parser.add_argument("--dsl-setups", default="warm", help="comma-separated setups to time the DSL round on")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--stream-setups", default="", help="comma-separated setups to time the CSL round on with transport='stream' (TLS on)")
+    parser.add_argument("--stream-clients", default="1,2", help="comma-separated SuperNode counts for the stream rows")
     parser.add_argument("--no-simulation", action="store_true", help="skip the DSL round in simulation")
     parser.add_argument("--note", default="", help="free text kept in the conditions, e.g. 'quiet machine'")
     parser.add_argument("--name", default="deployment_latency", help="results file stem under experiments/results")
     args = parser.parse_args()
     setups = [s.strip() for s in args.setups.split(",")]
-    dsl_setups = [s.strip() for s in args.dsl_setups.split(",")]
-    for option, chosen in (("--setups", setups), ("--dsl-setups", dsl_setups)):
+    dsl_setups = [s.strip() for s in args.dsl_setups.split(",") if s.strip()]
+    stream_setups = [s.strip() for s in args.stream_setups.split(",") if s.strip()]
+    stream_clients = [int(n) for n in args.stream_clients.split(",") if n.strip()]
+    for option, chosen in (("--setups", setups), ("--dsl-setups", dsl_setups), ("--stream-setups", stream_setups)):
         unknown = sorted(set(chosen) - set(SETUPS))
         if unknown:
             parser.error(f"{option}: unknown {unknown}; choose from {sorted(SETUPS)}")
@@ -200,11 +234,12 @@ def main() -> None:
     parts: dict[str, dict[str, float]] = {}
     means: dict[str, dict[str, float]] = {}
     per_message: dict[str, list[dict[str, float]]] = {}
-    rounds, counts = [], {}
+    rounds, counts, overheads = [], {}, []
     work = Path(tempfile.mkdtemp(prefix="deployment-latency-"))  # kept: the runs' logs and traces
     print(f"runs in {work}", flush=True)
     for setup in setups:
-        last, stamps = deployment_run(setup, "csl", args.csl_batches, args.batch_size, work)
+        last, stamps, overhead = deployment_run(setup, "csl", args.csl_batches, args.batch_size, work)
+        overheads.append({"setup": setup, "transport": "messages", "clients": 2, **overhead})
         if not stamps:
             raise SystemExit(f"{setup}: no message was stamped by all components; see {work}")
         per_message[setup] = [parts_of(s) for s in stamps]
@@ -212,9 +247,18 @@ def main() -> None:
         counts[setup] = len(stamps)
         rounds.append(_round_row(f"deployment ({setup})", "csl", args.csl_batches, last))
         print(setup, json.dumps(parts[setup], indent=1), flush=True)
+    for stream_setup in stream_setups:
+        for clients in stream_clients:
+            last, _, overhead = deployment_run(stream_setup, "csl", args.csl_batches, args.batch_size, work, clients, "stream")
+            overheads.append({"setup": stream_setup, "transport": "stream (TLS)", "clients": clients, **overhead})
+            rounds.append(_round_row(f"deployment ({stream_setup})", "csl", args.csl_batches, last, "stream (TLS)", clients))
+            print(json.dumps(overheads[-1]), flush=True)
     for dsl_setup in dsl_setups:
         last = deployment_run(dsl_setup, "dsl", args.dsl_batches, args.batch_size, work)[0]
         rounds.append(_round_row(f"deployment ({dsl_setup})", "dsl", args.dsl_batches, last))
+        for stream_setup in (s for s in stream_setups if s == dsl_setup):
+            last = deployment_run(stream_setup, "dsl", args.dsl_batches, args.batch_size, work, 2, "stream")[0]
+            rounds.append(_round_row(f"deployment ({stream_setup})", "dsl", args.dsl_batches, last, "stream (TLS)"))
     if not args.no_simulation:
         rounds.append(_round_row("simulation", "dsl", args.dsl_batches, simulation_run("dsl", args.dsl_batches, args.batch_size, work)))
     conditions = {
@@ -229,8 +273,15 @@ def main() -> None:
         for name in parts[setups[0]]
     ]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({"conditions": conditions, "breakdown_ms": parts, "mean_ms": means, "per_message_ms": per_message, "rounds": rounds}, indent=2))
-    text = f"Conditions: {json.dumps(conditions)}\n\n{markdown_table(table_rows)}\n\n{markdown_table(rounds)}"
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({
+        "conditions": conditions, "breakdown_ms": parts, "mean_ms": means, "per_message_ms": per_message,
+        "per_batch_overhead": overheads, "rounds": rounds,
+    }, indent=2))
+    text = (
+        f"Conditions: {json.dumps(conditions)}\n\nWhere a training message's round trip goes (messages transport):\n\n{markdown_table(table_rows)}"
+        f"\n\nPer-batch CSL overhead (round trip − max(client handler, server busy)), both rounds' uploads:\n\n{markdown_table(overheads)}"
+        f"\n\nRounds (the second round of each run):\n\n{markdown_table(rounds)}"
+    )
     (RESULTS / f"{args.name}.md").write_text(text)
     print(text)
 

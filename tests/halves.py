@@ -14,6 +14,7 @@ from flsplit.config import RunConfig
 from flsplit.data import PartitionLoader, load_dataset
 from flsplit.device import Placement
 from flsplit.optim import build_optimizer
+from flsplit.protocol import RoundTag
 from flsplit.split import activation_shape
 from flsplit.wire import Packet, TensorSpec, decode, encode
 from strategies import ClientHalf, ClientSlice, ServerHalf, SplitStrategy, get_strategy, parse_config
@@ -80,7 +81,7 @@ def drive_round(
     request = server.request(client_id)
     requests, uploads = [], []
     while True:
-        request.info["round"] = round_number
+        request.info |= RoundTag(round_number).as_info()
         request = through_wire(request, half.download_specs(shape)).to(client.placement.device)
         requests.append(request)
         upload = through_wire(half.train(request, client, max_bytes), server.upload_specs(shape))

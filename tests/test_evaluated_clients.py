@@ -11,6 +11,7 @@ from flsplit.aggregation import build_aggregator
 from flsplit.config import parse_run_config
 from flsplit.ledger import Ledger
 from flsplit.optim import build_optimizer
+from flsplit.protocol import HelloRequest
 from flsplit.split import build_halves
 from tests.in_process_grid import HANDLERS, InProcessGrid
 from strategies import get_strategy
@@ -35,7 +36,7 @@ def _round_one(handlers: dict, clients_dir: Path) -> dict:
     config = parse_run_config(RAW)
     grid = InProcessGrid(handlers, RAW)
     exchange = Exchange(grid, Ledger(), {n: i for i, n in enumerate(handlers)}, timeout_s=2.0)
-    clients = rounds.hello(exchange, list(handlers), {"clients_dir": str(clients_dir)})
+    clients = rounds.hello(exchange, list(handlers), HelloRequest(str(clients_dir)))
     _, top, _ = build_halves(config)
     strategy = get_strategy("dsl")
     server = strategy.server(top, build_optimizer(list(top.parameters()), config), config)

@@ -16,6 +16,7 @@ from flsplit.config import ConfigError, parse_run_config
 from flsplit.ledger import Ledger
 from flsplit.models import CutPoint, build_head, cut_shape, mirror_stage_blocks, next_stage_blocks, resolve_cut
 from flsplit.optim import build_optimizer, round_lr
+from flsplit.protocol import HelloRequest
 from flsplit.split import build_halves
 from tests.in_process_grid import InProcessGrid
 from strategies import get_strategy, parse_config
@@ -75,7 +76,7 @@ def _serving_order(strategy: str) -> tuple[list[int], float]:
     config = parse_run_config(raw)
     grid = InProcessGrid({100: _client, 101: _client}, raw)
     exchange = Exchange(grid, Ledger(), {100: 0, 101: 1})
-    clients = rounds.hello(exchange, [100, 101], {})
+    clients = rounds.hello(exchange, [100, 101], HelloRequest())
     _, top, _ = build_halves(config)
     server = get_strategy(strategy).server(top, build_optimizer(list(top.parameters()), config), config)
     served: list[int] = []

@@ -18,7 +18,7 @@ from flsplit.config import parse_run_config
 from flsplit.flwr_internals import stamp
 from flsplit.ledger import Ledger
 from flsplit.optim import build_optimizer
-from flsplit.protocol import MessageKind
+from flsplit.protocol import EvaluateRequest, HelloReply, HelloRequest, MessageKind
 from flsplit.split import build_halves
 from flsplit.wire import Packet, PayloadError, encode
 from tests.in_process_grid import InProcessGrid
@@ -84,7 +84,7 @@ EXPECTED = {
 def _adversary(kind: str) -> Callable[[Message, Context], Message]:
     def handler(message: Message, _: Context) -> Message:
         if message.metadata.message_type == "query.hello":
-            return Message(encode(Packet(info={"partition_id": 1, "num_examples": 48, "nice": 0, "threads": 1, "batches_per_round": 3})), reply_to=message)
+            return Message(encode(Packet(info=HelloReply(partition_id=1, num_partitions=2, num_examples=48, batches_per_round=3, nice=0, threads=1).as_info())), reply_to=message)
         if kind == "unknown message type":
             reply = Message(_good(), reply_to=message)
             stamp(reply, message_type="query.bogus")
@@ -113,7 +113,7 @@ def test_bad_upload_is_rejected_and_leaves_the_top_slice_unchanged(kind: str) ->
     # Prepare: one adversarial client only
     grid = InProcessGrid({101: _adversary(kind)}, RAW)
     exchange = Exchange(grid, Ledger(), {101: 0})
-    clients = rounds.hello(exchange, [101], {})
+    clients = rounds.hello(exchange, [101], HelloRequest())
     server = _server()
     before = [p.detach().clone() for p in server.top.parameters()]
     # Execute
@@ -128,7 +128,7 @@ def test_server_keeps_training_the_other_clients_when_one_sends_garbage() -> Non
     # Prepare: an honest client (partition 0, real handlers) and an adversary (partition 1)
     grid = InProcessGrid({100: _honest, 101: _adversary("NaN")}, RAW)
     exchange = Exchange(grid, Ledger(), {100: 0, 101: 1})
-    clients = rounds.hello(exchange, [100, 101], {})
+    clients = rounds.hello(exchange, [100, 101], HelloRequest())
     server = _server()
     before = [p.detach().clone() for p in server.top.parameters()]
     # Execute
@@ -177,7 +177,7 @@ def test_client_rejects_aggregated_weights_of_the_wrong_shape() -> None:
     weights = {f"bottom.{k}": v for k, v in bottom.state_dict().items() if "num_batches" not in k}
     weights |= {f"aux.{k}": v for k, v in aux.state_dict().items()}
     weights["bottom.0.0.weight"] = torch.zeros(3, 3, 3, 3)
-    message = Message(encode(Packet({"weights": weights}, {"offset": 0, "evaluate": False})), dst_node_id=3, message_type="evaluate")
+    message = Message(encode(Packet({"weights": weights}, EvaluateRequest(evaluate=False).as_info())), dst_node_id=3, message_type="evaluate")
     # Execute / Assert
     with pytest.raises(PayloadError, match="bottom.0.0.weight.*shape"):
         client_app.evaluate(message, context)
@@ -190,7 +190,7 @@ def test_a_client_that_never_answers_times_out_and_the_round_goes_on() -> None:
 
     grid = InProcessGrid({100: _honest, 101: silent}, RAW)
     exchange = Exchange(grid, Ledger(), {100: 0, 101: 1}, timeout_s=0.3)
-    clients = rounds.hello(exchange, [100, 101], {})
+    clients = rounds.hello(exchange, [100, 101], HelloRequest())
     # Execute
     stats = _driver(exchange, _server(), clients).train(1)
     # Assert

@@ -21,6 +21,7 @@ from flsplit.dataplane import DataPlaneServer, Ticket, dial
 from flsplit.frames import FrameType, write_frame
 from flsplit.ledger import Ledger
 from flsplit.optim import build_optimizer
+from flsplit.protocol import HelloReply, HelloRequest
 from flsplit.split import build_halves
 from flsplit.wire import Packet, decode, encode
 from tests.in_process_grid import InProcessGrid
@@ -89,7 +90,7 @@ def _adversary(kind: str) -> Callable[[Message, Context], Message]:
 
     def handler(message: Message, context: Context) -> Message:
         if message.metadata.message_type == "query.hello":
-            return Message(encode(Packet(info={"partition_id": 1, "num_examples": 48, "nice": 0, "threads": 1, "batches_per_round": 3})), reply_to=message)
+            return Message(encode(Packet(info=HelloReply(partition_id=1, num_partitions=2, num_examples=48, batches_per_round=3, nice=0, threads=1).as_info())), reply_to=message)
         request = decode(message.content, [])
         connection = dial(Ticket.from_info(request.info), context.node_id, 5, 1 << 26, 5)
         packet_fn, wire = BAD[kind]
@@ -120,7 +121,7 @@ def _round(handlers: dict[int, Callable[[Message, Context], Message]]) -> tuple[
     grid.handlers = {node: _route(h, grid) for node, h in handlers.items()}
     index = {node: i for i, node in enumerate(handlers)}
     with StreamExchange(Exchange(grid, Ledger(), index, timeout_s=10), DataPlaneServer(tls=False), handshake_timeout_s=10) as exchange:
-        clients = rounds.hello(exchange, list(handlers), {})
+        clients = rounds.hello(exchange, list(handlers), HelloRequest())
         server = _server()
         before = [p.detach().clone() for p in server.top.parameters()]
         stats = rounds.RoundDriver(exchange, server, get_strategy("dsl"), clients, CONFIG, build_aggregator("FedAvg")).train(1)
