@@ -19,6 +19,7 @@ from flsplit.data import eval_indices, test_tensors
 from flsplit.dataplane import Ticket
 from flsplit.memory import MemoryReading, measure
 from flsplit.optim import set_round_lr
+from flsplit.privacy.defences import defend_upload
 from flsplit.protocol import Done, EvaluateChunk, EvaluateRequest, HelloReply, HelloRequest, RoundTag, UploadTimings
 from flsplit.software import software
 from flsplit.split import activation_shape
@@ -126,6 +127,7 @@ def _train_once(half: ClientHalf, request: Packet, client: ClientSlice, config: 
         client.counters["round_end"] = client.counters["step"] + _quota(config, client.loader.batches_per_epoch)
     set_round_lr(client.optimizer, config, round_number)
     upload, memory = _train_measured(half, request, client, config)
+    defend_upload(upload, config, client.loader.partition_id, client.counters["step"])  # before anything sees it
     timings = client.watch.take()
     upload.info |= UploadTimings(
         fwd_s=timings.get("fwd", 0.0),

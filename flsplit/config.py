@@ -91,6 +91,11 @@ class RunConfig(BaseModel):
     stream_tls: Literal["auto", "on", "off"] = "auto"  # auto: TLS on SuperNodes, plain TCP on simulation's loopback
     max_frame_mb: float = Field(256.0, gt=0)  # the largest data-plane frame either side accepts
     stream_handshake_timeout: float = Field(60.0, gt=0)  # seconds for a client to dial in and present its ticket
+    # Privacy defences on what a client uploads (flsplit.privacy.defences; docs/privacy.md).
+    activation_noise: float = Field(0.0, ge=0, allow_inf_nan=False)  # σ: Gaussian noise of σ·std(z) on uploaded activations
+    nopeek_weight: float = Field(0.0, ge=0, allow_inf_nan=False)  # α: weight of NoPeek's dCor(x, z) in the client's loss
+    label_dp: Literal["off", "rr"] = "off"  # rr: uploaded labels by k-ary randomised response
+    label_dp_epsilon: float = Field(1.0, allow_inf_nan=False)  # ε of label-dp (> 0)
     #: The strategy's own settings (``SplitStrategy.params``), validated from its keys.
     params: Any = Field(default=None, exclude=True)
 
@@ -103,6 +108,15 @@ class RunConfig(BaseModel):
             raise ValueError(f"unknown strategy '{value}'; choose one of {sorted(known)}")
         if context.get("strategy_error"):  # a dotted path that does not name a usable strategy
             raise ValueError(context["strategy_error"])
+        return value
+
+    @field_validator("label_dp_epsilon")
+    @classmethod
+    def _positive_epsilon(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(
+                "must be > 0 (smaller keeps fewer true labels); to send the true labels set label-dp = \"off\""
+            )
         return value
 
     @field_validator("aggregation")
