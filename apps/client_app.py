@@ -20,6 +20,7 @@ from flsplit.data import eval_indices, test_tensors
 from flsplit.dataplane import Ticket
 from flsplit.memory import MemoryReading, measure
 from flsplit.optim import set_round_lr
+from flsplit.privacy.defences import defend_upload
 from flsplit.protocol import (
     Done,
     EvaluateChunk,
@@ -138,6 +139,7 @@ def _train_once(half: ClientHalf, request: Packet, client: ClientSlice, config: 
         client.counters["round_end"] = client.counters["step"] + _quota(config, client.loader.batches_per_epoch)
     set_round_lr(client.optimizer, config, round_number)
     upload, memory = _train_measured(half, request, client, config)
+    defend_upload(upload, config, client.loader.partition_id, client.counters["step"])  # before anything sees it
     timings = client.watch.take()
     upload.info |= UploadTimings(
         fwd_s=timings.get("fwd", 0.0),
@@ -207,7 +209,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         load_weights(synced, packet.tensors["weights"])
         save_slice(context, client, config.client_cache)
     if request.checkpoint_round is not None:
-        write_checkpoint(context, client, request.checkpoint_round)
+        write_checkpoint(context, config, client, request.checkpoint_round)
     if not request.evaluate:
         return Message(encode(Packet(info=Done().as_info())), reply_to=msg)
     chunk = _evaluate_chunk(context, config, client, request.offset)

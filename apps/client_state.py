@@ -146,15 +146,17 @@ def save_slice(context: Context, client: ClientSlice, keep: int = 8) -> None:
 
 def _checkpoint_path(context: Context, round_number: int) -> Path:
     partition_id, _ = partition_of(context)
-    clients_dir = Path(str(context.state[RUN]["clients_dir"]))
-    return clients_dir / f"round-{round_number}" / f"partition-{partition_id}.pt"
+    return checkpoint.client_checkpoint_path(str(context.state[RUN]["clients_dir"]), round_number, partition_id)
 
 
-def write_checkpoint(context: Context, client: ClientSlice, round_number: int) -> None:
-    """Save the slice as this partition's checkpoint of ``round_number`` (atomically)."""
+def write_checkpoint(context: Context, config: RunConfig, client: ClientSlice, round_number: int) -> None:
+    """Save the slice as this partition's checkpoint of ``round_number`` (atomically).
+
+    The one of two rounds before is pruned unless ``keep-rounds`` keeps it for the privacy attacks.
+    """
     checkpoint.save_atomic(_snapshot(client), _checkpoint_path(context, round_number))
-    stale = _checkpoint_path(context, round_number - 2)
-    stale.unlink(missing_ok=True)
+    if not config.keeps_round(round_number - 2):
+        _checkpoint_path(context, round_number - 2).unlink(missing_ok=True)
 
 
 def restore_checkpoint(context: Context, config: RunConfig, strategy: type[SplitStrategy], round_number: int) -> None:

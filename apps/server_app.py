@@ -36,7 +36,7 @@ CHECKPOINT = "checkpoint.pt"
 NODE_WAIT_S = 120.0
 # Keys that may change between a run and its resumption.
 # A run moves between machines: its device, precision and determinism switch may change.
-RESUMABLE_CHANGES = {"resume", "num-server-rounds", "message-timeout", "tensorboard", "progress", "device", "server-device", "amp", "deterministic", "eval-every"}
+RESUMABLE_CHANGES = {"resume", "num-server-rounds", "message-timeout", "tensorboard", "progress", "device", "server-device", "amp", "deterministic", "eval-every", "keep-rounds"}
 
 
 @app.main()
@@ -105,6 +105,8 @@ def _train(grid: Grid, config: RunConfig, writer: ResultsWriter, status: RunStat
             metrics = driver.run_round(round_number)
             history.append(metrics)
             _checkpoint(writer, server, ledger, driver.aggregated, round_number, history)
+            if config.keeps_round(round_number):  # for flsplit leak (docs/privacy.md)
+                checkpoint.keep_copy(writer.dir / CHECKPOINT, checkpoint.kept_server_checkpoint_path(writer.dir, round_number))
             writer.append(metrics)
             tracker.log(metrics)
             status.update(rounds_completed=round_number, failed_client_rounds=_failed_client_rounds(history))

@@ -8,6 +8,9 @@ server learns about individual samples. Nothing in ``flsplit`` changes: select i
 
 ``noisy-scale`` is the strategy's own run-config key, declared by ``NoisyParams`` and
 validated with the rest of the config. ``docs/strategies.md`` walks through this file.
+
+This file is a plug-in tutorial. To add such noise to any strategy's uploads, set the
+built-in ``activation-noise`` key instead (``docs/privacy.md``, *Defences*).
 """
 
 from __future__ import annotations

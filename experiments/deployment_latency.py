@@ -1,7 +1,7 @@
 """Where a message's round trip goes on real SuperNodes, part by part, and DSL/CSL rounds against simulation.
 
 For each setup, starts a SuperLink and two SuperNodes on 127.0.0.1 with ``FLSPLIT_TRACE_DIR``
-set, runs one CSL round (resnet20, cut ``s``, synthetic data, ``--batch-size`` 128) and splits
+set, runs one CSL round (resnet20, cut ``s``, synthetic data or CIFAR-10 with ``--data-dir``, ``--batch-size`` 128) and splits
 every training message's round trip into the parts below from the stamps of the ServerApp
 (``apps/exchange.py``), the ClientApp (``apps/client_app.py``) and the SuperNode's log
 (``apps/fast_supernode.py`` copies it there), all ``time.time()`` on one host. Then it times a DSL round of
@@ -164,16 +164,16 @@ def per_batch_overhead(server_dir: Path) -> dict[str, float]:
     }
 
 
-def _config(strategy: str, batches: int, batch_size: int, work: Path, name: str, clients: int = 2, transport: str = "messages") -> str:
+def _config(strategy: str, batches: int, batch_size: int, work: Path, name: str, data: dict[str, str], clients: int = 2, transport: str = "messages") -> str:
     return run_config_text({
-        "strategy": strategy, "dataset": "synthetic", "model": "resnet20", "cut": "s", "num-server-rounds": 2,
+        **data, "model": "resnet20", "cut": "s", "strategy": strategy, "num-server-rounds": 2,
         "max-batches": batches, "batch-size": batch_size, "eval-samples": 64, "min-clients": clients,
         "results-dir": str(work), "run-name": name, "transport": transport, "stream-tls": "on",
     })
 
 
 def deployment_run(
-    setup: str, strategy: str, batches: int, batch_size: int, work: Path, clients: int = 2, transport: str = "messages"
+    setup: str, strategy: str, batches: int, batch_size: int, work: Path, data: dict[str, str], clients: int = 2, transport: str = "messages"
 ) -> tuple[dict, list[dict[str, float]], dict[str, float]]:
     """Two rounds on a fresh traced deployment: the second round's metrics, every message's
     stamps, and the per-batch overhead."""
@@ -185,7 +185,7 @@ def deployment_run(
         folder.mkdir(parents=True)
     options, node_env, on_disk = SETUPS[setup]
     metrics = federations.on_supernodes(
-        home, _config(strategy, batches, batch_size, work, name, clients, transport), work / name / "metrics.jsonl", timeout_s=3600,
+        home, _config(strategy, batches, batch_size, work, name, data, clients, transport), work / name / "metrics.jsonl", timeout_s=3600,
         node_env=node_env, node_env_of={i: {trace.TRACE_ENV: str(d)} for i, d in enumerate(node_dirs)},
         # the pull backoff is the ServerApp's too (it runs in the SuperLink's environment)
         link_env={trace.TRACE_ENV: str(server_dir)} | {k: v for k, v in node_env.items() if k == fast_pull.BACKOFF_ENV},
@@ -194,15 +194,17 @@ def deployment_run(
     return metrics[-1], journeys(server_dir, node_dirs), per_batch_overhead(server_dir)
 
 
-def simulation_run(strategy: str, batches: int, batch_size: int, work: Path) -> dict:
+def simulation_run(strategy: str, batches: int, batch_size: int, work: Path, data: dict[str, str]) -> dict:
     """The same two rounds in the simulation engine (2 virtual SuperNodes, 1 CPU each)."""
     name = f"simulation-{strategy}"
-    return federations.in_simulation(work / name, _config(strategy, batches, batch_size, work, name), work / name / "metrics.jsonl", 3600)[-1]
+    return federations.in_simulation(work / name, _config(strategy, batches, batch_size, work, name, data), work / name / "metrics.jsonl", 3600)[-1]
 
 
-def _round_row(engine: str, strategy: str, batches: int, last: dict, transport: str = "messages", clients: int = 2) -> dict:
+def _round_row(engine: str, strategy: str, batches: int, batch_size: int, last: dict, transport: str = "messages", clients: int = 2) -> dict:
     return {
-        "engine": engine, "transport": transport, "clients": clients, "strategy": strategy, "batches_per_client": batches,
+        # max-batches caps a client's round; a small data set (synthetic: 1,024 images) may end it sooner
+        "engine": engine, "transport": transport, "clients": clients, "strategy": strategy, "max_batches": batches,
+        "batches_per_client": round(last["train_samples"] / clients / batch_size),
         "uploads": last["train_messages"], "round_s": round(last["round_s"], 2), "eval_s": round(last["eval_s"], 2),
         "round_trip_s_mean": round(last["round_trip_s"] / last["train_messages"], 3),
     }
@@ -217,6 +219,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--stream-setups", default="", help="comma-separated setups to time the CSL round on with transport='stream' (TLS on)")
     parser.add_argument("--stream-clients", default="1,2", help="comma-separated SuperNode counts for the stream rows")
+    parser.add_argument("--data-dir", type=Path, default=None, help="CIFAR-10 here (cifar10-jpeg.tar.gz) instead of the synthetic set, whose 1,024 images end a round after 4 batches per client")
     parser.add_argument("--no-simulation", action="store_true", help="skip the DSL round in simulation")
     parser.add_argument("--note", default="", help="free text kept in the conditions, e.g. 'quiet machine'")
     parser.add_argument("--name", default="deployment_latency", help="results file stem under experiments/results")
@@ -235,37 +238,38 @@ def main() -> None:
     means: dict[str, dict[str, float]] = {}
     per_message: dict[str, list[dict[str, float]]] = {}
     rounds, counts, overheads = [], {}, []
+    data = {"dataset": "cifar10", "data-dir": str(args.data_dir.resolve())} if args.data_dir else {"dataset": "synthetic"}
     work = Path(tempfile.mkdtemp(prefix="deployment-latency-"))  # kept: the runs' logs and traces
     print(f"runs in {work}", flush=True)
     for setup in setups:
-        last, stamps, overhead = deployment_run(setup, "csl", args.csl_batches, args.batch_size, work)
+        last, stamps, overhead = deployment_run(setup, "csl", args.csl_batches, args.batch_size, work, data)
         overheads.append({"setup": setup, "transport": "messages", "clients": 2, **overhead})
         if not stamps:
             raise SystemExit(f"{setup}: no message was stamped by all components; see {work}")
         per_message[setup] = [parts_of(s) for s in stamps]
         parts[setup], means[setup] = breakdown(per_message[setup], statistics.median), breakdown(per_message[setup], statistics.mean)
         counts[setup] = len(stamps)
-        rounds.append(_round_row(f"deployment ({setup})", "csl", args.csl_batches, last))
+        rounds.append(_round_row(f"deployment ({setup})", "csl", args.csl_batches, args.batch_size, last))
         print(setup, json.dumps(parts[setup], indent=1), flush=True)
     for stream_setup in stream_setups:
         for clients in stream_clients:
-            last, _, overhead = deployment_run(stream_setup, "csl", args.csl_batches, args.batch_size, work, clients, "stream")
+            last, _, overhead = deployment_run(stream_setup, "csl", args.csl_batches, args.batch_size, work, data, clients, "stream")
             overheads.append({"setup": stream_setup, "transport": "stream (TLS)", "clients": clients, **overhead})
-            rounds.append(_round_row(f"deployment ({stream_setup})", "csl", args.csl_batches, last, "stream (TLS)", clients))
+            rounds.append(_round_row(f"deployment ({stream_setup})", "csl", args.csl_batches, args.batch_size, last, "stream (TLS)", clients))
             print(json.dumps(overheads[-1]), flush=True)
     for dsl_setup in dsl_setups:
-        last = deployment_run(dsl_setup, "dsl", args.dsl_batches, args.batch_size, work)[0]
-        rounds.append(_round_row(f"deployment ({dsl_setup})", "dsl", args.dsl_batches, last))
+        last = deployment_run(dsl_setup, "dsl", args.dsl_batches, args.batch_size, work, data)[0]
+        rounds.append(_round_row(f"deployment ({dsl_setup})", "dsl", args.dsl_batches, args.batch_size, last))
         for stream_setup in (s for s in stream_setups if s == dsl_setup):
-            last = deployment_run(stream_setup, "dsl", args.dsl_batches, args.batch_size, work, 2, "stream")[0]
-            rounds.append(_round_row(f"deployment ({stream_setup})", "dsl", args.dsl_batches, last, "stream (TLS)"))
+            last = deployment_run(stream_setup, "dsl", args.dsl_batches, args.batch_size, work, data, 2, "stream")[0]
+            rounds.append(_round_row(f"deployment ({stream_setup})", "dsl", args.dsl_batches, args.batch_size, last, "stream (TLS)"))
     if not args.no_simulation:
-        rounds.append(_round_row("simulation", "dsl", args.dsl_batches, simulation_run("dsl", args.dsl_batches, args.batch_size, work)))
+        rounds.append(_round_row("simulation", "dsl", args.dsl_batches, args.batch_size, simulation_run("dsl", args.dsl_batches, args.batch_size, work, data)))
     conditions = {
         "note": args.note,
         "host": platform.node(), "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(),
         "poll_env": {k: os.environ.get(k, "launcher default") for k in ("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "FLSPLIT_SUPERNODE_IDLE_S", "FLSPLIT_SUPERNODE_REPLY_POLL_S")},
-        "csl": f"resnet20 cut s, synthetic, batch {args.batch_size}, {args.csl_batches} batches per client, 2 SuperNodes on 127.0.0.1",
+        "csl": f"resnet20 cut s, {data['dataset']}, batch {args.batch_size}, {args.csl_batches} batches per client, 2 SuperNodes on 127.0.0.1",
         "messages_per_setup": counts,
     }
     table_rows = [

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+
+def client_checkpoint_path(clients_dir: str | Path, round_number: int, partition_id: int) -> Path:
+    """Where a client keeps its slice as of ``round_number``: ``<clients_dir>/round-N/partition-K.pt``."""
+    return Path(clients_dir) / f"round-{round_number}" / f"partition-{partition_id}.pt"
+
+
+def kept_server_checkpoint_path(run_dir: str | Path, round_number: int) -> Path:
+    """Where ``keep-rounds`` keeps the server's state after ``round_number`` (``checkpoint.pt`` is overwritten)."""
+    return Path(run_dir) / "server" / f"round-{round_number}.pt"
 
 
 def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
@@ -26,6 +37,15 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def keep_copy(source: str | Path, destination: str | Path) -> None:
+    """Copy a checkpoint to where it is kept, atomically (a reader never sees half of it)."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = destination.with_suffix(".tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, destination)
 
 
 def load(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:

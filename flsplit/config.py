@@ -72,6 +72,7 @@ class RunConfig(BaseModel):
     min_clients: int = Field(1, ge=1)
     message_timeout: float = Field(600.0, gt=0)
     resume: bool = False
+    keep_rounds: str = ""  # "1,5,10" or "all": rounds whose checkpoints are never pruned (flsplit leak)
     tensorboard: bool = False
     progress: Literal["auto", "on", "off"] = "auto"  # lines inside a round (flsplit.progress)
     wire_dtype: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
@@ -90,6 +91,11 @@ class RunConfig(BaseModel):
     stream_tls: Literal["auto", "on", "off"] = "auto"  # auto: TLS on SuperNodes, plain TCP on simulation's loopback
     max_frame_mb: float = Field(256.0, gt=0)  # the largest data-plane frame either side accepts
     stream_handshake_timeout: float = Field(60.0, gt=0)  # seconds for a client to dial in and present its ticket
+    # Privacy defences on what a client uploads (flsplit.privacy.defences; docs/privacy.md).
+    activation_noise: float = Field(0.0, ge=0, allow_inf_nan=False)  # σ: Gaussian noise of σ·std(z) on uploaded activations
+    nopeek_weight: float = Field(0.0, ge=0, allow_inf_nan=False)  # α: weight of NoPeek's dCor(x, z) in the client's loss
+    label_dp: Literal["off", "rr"] = "off"  # rr: uploaded labels by k-ary randomised response
+    label_dp_epsilon: float = Field(1.0, allow_inf_nan=False)  # ε of label-dp (> 0)
     #: The strategy's own settings (``SplitStrategy.params``), validated from its keys.
     params: Any = Field(default=None, exclude=True)
 
@@ -102,6 +108,15 @@ class RunConfig(BaseModel):
             raise ValueError(f"unknown strategy '{value}'; choose one of {sorted(known)}")
         if context.get("strategy_error"):  # a dotted path that does not name a usable strategy
             raise ValueError(context["strategy_error"])
+        return value
+
+    @field_validator("label_dp_epsilon")
+    @classmethod
+    def _positive_epsilon(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(
+                "must be > 0 (smaller keeps fewer true labels); to send the true labels set label-dp = \"off\""
+            )
         return value
 
     @field_validator("aggregation")
@@ -171,6 +186,16 @@ class RunConfig(BaseModel):
                 raise ValueError(str(err).removeprefix("cut: ")) from None
         return value
 
+    @field_validator("keep_rounds")
+    @classmethod
+    def _round_list(cls, value: str) -> str:
+        if value.strip() in ("", "all"):
+            return value.strip()
+        parts = [part.strip() for part in value.split(",")]
+        if not all(part.isdigit() and int(part) >= 1 for part in parts):
+            raise ValueError(f'expected round numbers separated by commas, such as "1,5,10", or "all" (got {value!r})')
+        return ",".join(str(n) for n in sorted({int(part) for part in parts}))
+
     @model_validator(mode="after")
     def _sync_fits_the_order(self) -> RunConfig:
         if self.aggregate_clients and self.client_sync in ("none", "relay"):
@@ -204,6 +229,12 @@ class RunConfig(BaseModel):
         """Whether the test split is scored after ``round_number``: every ``eval-every``-th round and
         always the last, so a run's final accuracy is measured whatever the interval."""
         return round_number % self.eval_every == 0 or round_number == self.num_server_rounds
+
+    def keeps_round(self, round_number: int) -> bool:
+        """Whether ``keep-rounds`` keeps the checkpoints of ``round_number`` for the privacy attacks."""
+        if self.keep_rounds == "all":
+            return True
+        return bool(self.keep_rounds) and round_number in {int(n) for n in self.keep_rounds.split(",")}
 
     @property
     def cut_blocks(self) -> int:

@@ -8,6 +8,14 @@ cache benchmark). The speed patches (``apps.fast_pull``, ``apps.fast_supernode``
 ``SUPPORTED_VERSIONS``. Their policy on any other flwr is the same: warn once and step aside
 (``step_aside``), so flsplit runs as Flower ships, slower but correct; importing flsplit never
 fails because of the flwr version.
+
+What each patch still buys once per-batch traffic is on the stream (re-measured 2026-12-07,
+``experiments/results/deployment_latency_patches.md`` and ``bench_stream_patches.md``): the warm
+SuperExec saves ~10 s of a CSL round's training and ~12 s of its evaluation on 2 SuperNodes
+(each remaining message would otherwise start a ClientApp process); the short SuperNode polls,
+the fast object pull and simulation's pickup on push show no gain there beyond the noise. All
+four stay, because ``messages`` is the default transport and there each was measured to buy its
+share of the per-batch round trip (``docs/deploy.md``, ``experiments/results/bench.md``).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from flsplit.config import ConfigError, RunConfig, StrategyParams, parse_run_con
 from flsplit.data import PartitionLoader
 from flsplit.device import Placement, device_of, host_optimizer_steps
 from flsplit.metering import Stopwatch
+from flsplit.privacy.defences import refuse_without_activations
 from flsplit.split import build_halves
 from flsplit.wire import Packet, PayloadError, TensorSpec, all_finite, upload_specs
 
@@ -300,6 +301,9 @@ class SplitStrategy:
     #: then the next, in partition order, as SplitFed-V2's references do) or ``shuffled``
     #: (sequential in a random order drawn each round from ``seed`` and the round number).
     serve_order: str = "interleaved"
+    #: Whether clients upload cut-layer activations (and labels); ``fedavg``'s do not, so it
+    #: refuses the privacy defences' keys (``flsplit.privacy.defences``).
+    uploads_activations: bool = True
     #: The strategy's own run-config keys, if it has any (``config.params`` at run time).
     params: type[StrategyParams] | None = None
     client: type[ClientHalf]
@@ -423,7 +427,10 @@ def parse_config(raw: Mapping[str, Any], from_flower: bool = False) -> RunConfig
             params[name] = get_strategy(name).params
         except ValueError as err:
             error = str(err).removeprefix("strategy: ")  # joins the report as the strategy key's problem
-    return parse_run_config(raw, strategies=params, declared=raw if from_flower else (), strategy_error=error)
+    config = parse_run_config(raw, strategies=params, declared=raw if from_flower else (), strategy_error=error)
+    if not get_strategy(config.strategy).uploads_activations:
+        refuse_without_activations(config, config.strategy)
+    return config
 
 
 def get_strategy(name: str) -> type[SplitStrategy]:

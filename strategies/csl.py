@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import torch
 
 from flsplit.config import ConfigError, RunConfig
+from flsplit.privacy.defences import backward_at_cut
 from flsplit.wire import Packet, PayloadError, TensorSpec, gradient_specs
 from strategies.base import ClientHalf, ClientSlice, ServerHalf, SplitStrategy, register
 
@@ -40,7 +41,7 @@ class CSLClient(ClientHalf):
             client.optimizer.zero_grad(set_to_none=True)
             # fp16: the server's gradient is scaled like a loss, as its small values would
             # underflow in the half-precision backward pass; the scaler unscales before the step.
-            z.backward(client.scaler.scale(dz))
+            backward_at_cut(self.config, client.scaler, pending_input(client, self.config), z, client.scaler.scale(dz))
             client.step()
 
 
@@ -48,6 +49,12 @@ def hold_pending(client: ClientSlice, step: int, z: torch.Tensor, y: torch.Tenso
     """Keep batch ``step`` (and, in this process, its graph) until the server's gradient comes."""
     client.live["pending"] = (step, z, y)
     client.counters["pending"] = step
+
+
+def pending_input(client: ClientSlice, config: RunConfig) -> torch.Tensor | None:
+    """The pending batch's input ``x``, which NoPeek needs (``None`` while it is off): the batch
+    is a pure function of its step, so it is read again rather than held between messages."""
+    return client.batch(client.counters["pending"])[0] if config.nopeek_weight else None
 
 
 @contextmanager

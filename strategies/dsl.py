@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from flsplit.privacy.defences import nopeek_loss
 from flsplit.wire import Packet
 from strategies.base import FLOAT32_BYTES, ClientHalf, ClientSlice, ServerHalf, SplitStrategy, register
 
@@ -53,9 +54,10 @@ class DSLClient(ClientHalf):
         with client.watch.time("fwd"), client.placement.autocast():
             z = client.bottom(x)
             loss = F.cross_entropy(client.aux(z), y)
+            penalty = nopeek_loss(self.config, x, z)  # NoPeek, if on (computed outside autocast)
         with client.watch.time("bwd"):
             client.optimizer.zero_grad(set_to_none=True)
-            client.step(loss)
+            client.step(loss if penalty is None else loss + penalty)
         return z, loss.item()
 
     def uploads(self, client: ClientSlice, step: int) -> bool:

@@ -71,6 +71,7 @@ class FedAvg(SplitStrategy):
     client_sync = "average"
     client_syncs = ("average",)
     sync_hint = "federated averaging is its sync; for a run on one client set clients = 1"
+    uploads_activations = False
     client = FedAvgClient
     server = FedAvgServer
 

@@ -38,6 +38,7 @@ from torch import nn
 from flsplit.config import RunConfig
 from flsplit.device import host_optimizer_steps
 from flsplit.memory import unmeasured
+from flsplit.privacy.defences import backward_at_cut
 from flsplit.split import build_aux, build_halves
 from flsplit.wire import Packet, TensorSpec, load_weights, module_state, weight_specs, weights_of
 from strategies.alignment import Agreement, agreement, align, true_gradients
@@ -72,7 +73,7 @@ class FSLSAGEClient(DSLClient):
             (estimate,) = torch.autograd.grad(client.scaler.scale(loss), cut)
         with client.watch.time("bwd"):
             client.optimizer.zero_grad(set_to_none=True)
-            z.backward(estimate)
+            backward_at_cut(self.config, client.scaler, x, z, estimate)
             client.step()
         return z, loss.item()
 

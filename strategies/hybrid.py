@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from flsplit.config import RunConfig, StrategyParams
+from flsplit.privacy.defences import backward_at_cut, nopeek_loss
 from flsplit.wire import Packet, PayloadError, TensorSpec, gradient_specs
 from strategies.base import (
     FLOAT32_BYTES,
@@ -27,7 +28,7 @@ from strategies.base import (
     batch_sizes,
     register,
 )
-from strategies.csl import hold_pending, pending_batch
+from strategies.csl import hold_pending, pending_batch, pending_input
 
 WANTS_GRADIENT = "gradient_for_last"  # info flag: reply with dL/dz of the upload's last batch
 
@@ -82,15 +83,16 @@ class HybridClient(ClientHalf):
         """α·L_aux alone (DSL's step; no update at all when α = 0)."""
         assert client.aux is not None
         weight = self.config.params.hybrid_aux_weight
-        if not weight:
+        if not weight and not self.config.nopeek_weight:
             with client.watch.time("fwd"), torch.no_grad(), client.placement.autocast():
                 return client.bottom(x), 0.0
         with client.watch.time("fwd"), client.placement.autocast():
             z = client.bottom(x)
-            loss = F.cross_entropy(client.aux(z), y)
+            loss = F.cross_entropy(client.aux(z), y) if weight else torch.zeros((), device=z.device)
+            penalty = nopeek_loss(self.config, x, z)
         with client.watch.time("bwd"):
             client.optimizer.zero_grad(set_to_none=True)
-            client.step(weight * loss)
+            client.step(weight * loss if penalty is None else weight * loss + penalty)
         return z, loss.item()
 
     def _apply_gradient(self, client: ClientSlice, dz: torch.Tensor) -> tuple[float, int]:
@@ -103,13 +105,16 @@ class HybridClient(ClientHalf):
         with pending_batch(client, dz) as (z, y), client.watch.time("bwd"):
             client.optimizer.zero_grad(set_to_none=True)
             scale = client.scaler.scale  # fp16 on CUDA: both terms scaled alike (see csl.py)
+            x = pending_input(client, self.config)
             if not weight:
-                z.backward(scale(lam * dz))
+                backward_at_cut(self.config, client.scaler, x, z, scale(lam * dz))
                 client.step()
                 return 0.0, len(y)
             with client.placement.autocast():
                 loss = F.cross_entropy(client.aux(z), y)
-            torch.autograd.backward([scale(weight * loss), z], [None, scale(lam * dz)])
+            penalty = None if x is None else nopeek_loss(self.config, x, z)
+            local = weight * loss if penalty is None else weight * loss + penalty
+            torch.autograd.backward([scale(local), z], [None, scale(lam * dz)])
             client.step()
         return loss.item(), len(y)
 

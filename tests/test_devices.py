@@ -247,7 +247,7 @@ def test_checkpoints_written_with_device_cpu_resume_under_another_device_string(
     writer = ResultsWriter(str(tmp_path), "moved")
     writer.write_config(config.as_run_config())
     server_app._checkpoint(writer, server, Ledger(), None, 1, [])
-    client_state.write_checkpoint(context, client, 1)
+    client_state.write_checkpoint(context, config, client, 1)
     # Execute: resume through the loading code with device = "auto" (the CPU here, a GPU elsewhere)
     moved = make_config(**raw | {"device": "auto", "resume": True})
     resumed = server_app.build_server(moved, strategy)
