@@ -411,17 +411,19 @@ def sweep(link: SuperLink, args: argparse.Namespace, entries: list[str]) -> dict
     saved = json.loads(path.read_text()) if path.exists() else {}
     runs: dict[str, dict[str, float]] = saved.get("runs", {}) if saved.get("settings") == settings else {}
     todo = [(e, c) for e in swept_entries(entries) for c in CANDIDATES if c not in runs.get(e, {})]
+    planned = len(swept_entries(entries)) * len(CANDIDATES)
     print(f"sweep: {len(todo)} runs to do; settings {settings}", flush=True)
     for i, (entry, candidate) in enumerate(todo, start=1):
         print(f"[sweep {i}/{len(todo)}] {entry} {candidate}", flush=True)
         keys, clients = entry_keys(entry, settings, candidate, args.sweep_seed, str(args.data_dir))
         rounds = run_method(link, f"{entry}-{candidate}", keys, clients, args.workdir / "sweep")
         runs.setdefault(entry, {})[candidate] = rounds[-1]["test_accuracy"]
-        _write_sweep(path, settings, runs)
-    return _write_sweep(path, settings, runs)
+        _write_sweep(path, settings, runs, planned)
+    return _write_sweep(path, settings, runs, planned)
 
 
-def _write_sweep(path: Path, settings: dict[str, Any], runs: dict[str, dict[str, float]]) -> dict[str, Any]:
+def _write_sweep(path: Path, settings: dict[str, Any], runs: dict[str, dict[str, float]], planned: int) -> dict[str, Any]:
+    """The sweep's JSON and table; until ``planned`` runs are done, the table's first line says PARTIAL."""
     chosen = {e: max(accs, key=accs.get) for e, accs in runs.items() if len(accs) == len(CANDIDATES)}
     sweep_result = {"settings": settings, "candidates": CANDIDATES, "runs": runs, "chosen": chosen}
     path.write_text(json.dumps(sweep_result, indent=1))
@@ -437,6 +439,9 @@ def _write_sweep(path: Path, settings: dict[str, Any], runs: dict[str, dict[str,
         f" of lr, Adam's {rate_shape(CANDIDATES['adam-0.001'], rounds)}), scored once, after the last round, on "
         f"{sweep_test_images(settings)}. One seed. Settings: {json.dumps(settings)}\n\n"
     )
+    done = sum(len(accs) for accs in runs.values())
+    if done < planned:
+        header = f"PARTIAL: {done} of {planned} sweep runs complete; the same command (`--sweep`) continues it.\n\n" + header
     path.with_suffix(".md").write_text(header + markdown_table(rows))
     return sweep_result
 
