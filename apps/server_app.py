@@ -134,7 +134,10 @@ def _run_facts(config: RunConfig, clients: list[rounds.Client]) -> dict[str, Any
     }
     clients_software = [c.software for c in clients]
     strategy = get_strategy(config.strategy)  # the keys may be empty: what they resolved to (refused here if contradictory)
-    protocol = {"client_sync": strategy.sync_of(config), "serving_order": strategy.order_of(config), "transport": config.transport}
+    protocol = {
+        "client_sync": strategy.sync_of(config), "serving_order": strategy.order_of(config), "transport": config.transport,
+        "topology": strategy.topology,
+    }
     facts = {"num_clients": len(clients), "cut_blocks": config.cut_blocks, "processes": processes, "client_software": clients_software}
     return facts | protocol | software()
 

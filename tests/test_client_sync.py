@@ -144,7 +144,7 @@ def test_relay_hands_the_slice_from_client_to_client_and_counts_its_bytes(tmp_pa
     assert all(r["bytes_model_sync"] == 0 and len(r["test_accuracy_per_client"]) == 1 for r in rounds)
     assert rounds[1]["bytes_up"] >= rounds[1]["bytes_up_activations"] + rounds[1]["bytes_model_relay"] / 2
     facts = json.loads((tmp_path / "relay" / "config.json").read_text())
-    assert (facts["client_sync"], facts["serving_order"], facts["transport"]) == ("relay", "sequential", "messages")
+    assert (facts["client_sync"], facts["serving_order"], facts["transport"], facts["topology"]) == ("relay", "sequential", "messages", "label-sharing")
 
 
 @pytest.mark.slow  # a few seconds: the real ServerApp and ClientApps in process, three runs

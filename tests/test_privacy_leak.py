@@ -93,6 +93,18 @@ def test_flsplit_leak_names_the_kept_rounds_when_asked_for_another(trained_run: 
     assert "keeps rounds [1]" in capsys.readouterr().err
 
 
+def test_flsplit_leak_refuses_a_u_shaped_run_naming_its_topology(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare: a U-shaped run's folder (its server holds a middle, not a top)
+    (tmp_path / "config.json").write_text(json.dumps({"strategy": "csl-u", "topology": "u-shaped"}))
+
+    # Execute
+    code = cli.main(["leak", str(tmp_path), *TINY])
+
+    # Assert
+    assert code == 2
+    assert "a u-shaped run (strategy 'csl-u')" in capsys.readouterr().err
+
+
 def test_flsplit_leak_gives_the_same_numbers_when_run_again(trained_run: Path) -> None:
     # Prepare
     first = json.loads((trained_run / "leak.json").read_text())

@@ -65,6 +65,12 @@ def open_run(run_dir: str | Path, round_number: int | None = None, partition: in
     if not config_path.exists():
         raise FileNotFoundError(f"{run_dir}: no config.json; name a run folder (<results-dir>/<run-name>)")
     recorded = json.loads(config_path.read_text(encoding="utf-8"))
+    topology = recorded.get("topology", "label-sharing")
+    if topology != "label-sharing":
+        raise ValueError(
+            f"{run_dir}: a {topology} run (strategy {recorded.get('strategy')!r}); the attacks read label-sharing runs "
+            "only, whose server holds the top slice (docs/privacy.md, 'What it does not cover')"
+        )
     keys = run_config_keys()
     raw = {k: v for k, v in recorded.items() if k in keys} | ({"data-dir": data_dir} if data_dir is not None else {})
     config = parse_run_config(raw)
