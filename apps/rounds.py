@@ -429,18 +429,25 @@ class RoundDriver:
             "test_accuracy_per_client": [r[0] for r in results],
         }
 
+    def _next_chunk(self, client: Client, evaluates: bool, stats: RoundStats) -> tuple[Reply, EvaluateChunk] | None:
+        """The client's next evaluation reply and its chunk record; ``None`` if it failed (recorded) or does not score."""
+        reply = self.exchange.receive(client.node_id, self.specs)
+        if reply.packet is None:
+            stats.fail(client, reply.error or "no reply", "evaluation")
+            return None
+        if not evaluates:
+            return None
+        return reply, EvaluateChunk.of(reply.packet.info)
+
     def _score(self, client: Client, evaluates: bool, stats: RoundStats) -> tuple[float, float, float] | None:
         """Collect one client's test-split chunks; ``(accuracy, loss, aux accuracy)`` or ``None``."""
         correct = samples = aux_correct = 0
         loss_sum = 0.0
         while True:
-            reply = self.exchange.receive(client.node_id, self.specs)
-            if reply.packet is None:
-                stats.fail(client, reply.error or "no reply", "evaluation")
+            received = self._next_chunk(client, evaluates, stats)
+            if received is None:
                 return None
-            if not evaluates:
-                return None
-            chunk = EvaluateChunk.of(reply.packet.info)
+            reply, chunk = received
             if not chunk.done:
                 request = Packet(info=EvaluateRequest(offset=chunk.next_offset).as_info())
                 self.exchange.send(client.node_id, MessageKind.EVALUATE, request)
@@ -455,7 +462,6 @@ class RoundDriver:
             if chunk.done:
                 return correct / samples, loss_sum / samples, aux_correct / samples
 
-
     def _score_on_client(self, client: Client, evaluates: bool, stats: RoundStats) -> tuple[float, float, float] | None:
         """``_score`` for a U-shaped split: the client's head scores, so no test label comes up.
 
@@ -465,13 +471,10 @@ class RoundDriver:
         correct = samples = aux_correct = 0
         loss_sum, offset = 0.0, 0
         while True:
-            reply = self.exchange.receive(client.node_id, self.specs)
-            if reply.packet is None:
-                stats.fail(client, reply.error or "no reply", "evaluation")
+            received = self._next_chunk(client, evaluates, stats)
+            if received is None:
                 return None
-            if not evaluates:
-                return None
-            chunk = EvaluateChunk.of(reply.packet.info)
+            reply, chunk = received
             with torch.no_grad(), self.server.placement.autocast():
                 z2 = self.server.top(reply.packet.to(self.server.placement.device).activations)
             self.exchange.send(client.node_id, MessageKind.EVALUATE, Packet({"activations": {"z": z2}}, HeadRequest(offset).as_info()))
