@@ -53,6 +53,18 @@ def partition_of(context: Context) -> tuple[int, int]:
         ) from None
 
 
+def node_cut(context: Context, config: RunConfig) -> str:
+    """This node's cut: its own ``cut`` (node config, on a SuperNode), else ``cuts`` by partition, else the run's."""
+    own = context.node_config.get("cut")
+    return str(own) if own is not None else config.cut_of(partition_of(context)[0])
+
+
+def as_node_runs_it(context: Context, config: RunConfig) -> RunConfig:
+    """The run config with this node's own cut; a cut the model cannot serve is a ``ConfigError`` naming where it came from."""
+    source = "node-config cut" if "cut" in context.node_config else "cuts" if config.cuts else "cut"
+    return config.with_cut(node_cut(context, config), source)
+
+
 def data_dir_of(context: Context, config: RunConfig) -> str:
     """The node's own ``data-dir`` (node config) wins over the run config's."""
     return str(context.node_config.get("data-dir", config.data_dir))

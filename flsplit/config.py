@@ -40,6 +40,8 @@ class RunConfig(BaseModel):
     strategy_config: str = ""
     model: str = "resnet20"
     cut: str = "s"
+    #: Per-node cuts in simulation, by partition id ("s,s,m,d"); an empty or missing entry is ``cut``.
+    cuts: str = ""
     aux_head: str = ""  # empty: the strategy's default (see ``head``)
     dataset: str = "cifar10"
     data_dir: str = ""
@@ -72,6 +74,9 @@ class RunConfig(BaseModel):
     min_clients: int = Field(1, ge=1)
     message_timeout: float = Field(600.0, gt=0)
     resume: bool = False
+    #: Simulated slow devices, by partition id ("1,1,2,4"): each client's compute takes that many
+    #: times as long (flsplit.slowdown); an empty or missing entry is 1.
+    slowdowns: str = ""
     keep_rounds: str = ""  # "1,5,10" or "all": rounds whose checkpoints are never pruned (flsplit leak)
     tensorboard: bool = False
     progress: Literal["auto", "on", "off"] = "auto"  # lines inside a round (flsplit.progress)
@@ -186,6 +191,30 @@ class RunConfig(BaseModel):
                 raise ValueError(str(err).removeprefix("cut: ")) from None
         return value
 
+    @field_validator("cuts")
+    @classmethod
+    def _valid_cuts(cls, value: str, info: ValidationInfo) -> str:
+        model = info.data.get("model")
+        for index, cut in enumerate(_entries(value)):
+            if cut and model is not None:
+                try:
+                    resolve_cut(cut, model)
+                except ValueError as err:
+                    raise ValueError(f"entry {index} (partition {index}): {str(err).removeprefix('cut: ')}") from None
+        return value
+
+    @field_validator("slowdowns")
+    @classmethod
+    def _valid_slowdowns(cls, value: str) -> str:
+        for index, entry in enumerate(_entries(value)):
+            try:
+                factor = float(entry) if entry else 1.0
+            except ValueError:
+                factor = float("nan")
+            if not factor >= 1.0 or factor == float("inf"):
+                raise ValueError(f"entry {index} (partition {index}): {entry!r} is not a factor >= 1 (\"1,1,2,4\": partition 3 computes 4x as long)")
+        return value
+
     @field_validator("keep_rounds")
     @classmethod
     def _round_list(cls, value: str) -> str:
@@ -241,6 +270,29 @@ class RunConfig(BaseModel):
         """The cut as a number of residual blocks kept on the client."""
         return resolve_cut(self.cut, self.model)
 
+    def cut_of(self, partition_id: int) -> str:
+        """The cut ``cuts`` gives partition ``partition_id`` in simulation, else the run's ``cut``."""
+        entries = _entries(self.cuts)
+        return entries[partition_id] if partition_id < len(entries) and entries[partition_id] else self.cut
+
+    def slowdown_of(self, partition_id: int) -> float:
+        """The compute slowdown ``slowdowns`` gives partition ``partition_id`` (1: full speed)."""
+        entries = _entries(self.slowdowns)
+        return float(entries[partition_id]) if partition_id < len(entries) and entries[partition_id] else 1.0
+
+    @property
+    def shallowest_cut_blocks(self) -> int:
+        """The shallowest cut the run declares (``cut`` and every ``cuts`` entry): where the server's slice starts."""
+        return min(resolve_cut(cut, self.model) for cut in [self.cut, *filter(None, _entries(self.cuts))])
+
+    def with_cut(self, cut: str, source: str = "cut") -> RunConfig:
+        """This config with another ``cut`` (a node's own), checked; a bad one is a ``ConfigError`` naming ``source``."""
+        try:
+            resolve_cut(cut, self.model)
+        except ValueError as err:
+            raise ConfigError(f"invalid run config:\n  - {source}: {str(err).removeprefix('cut: ')}") from None
+        return self if cut == self.cut else self.model_copy(update={"cut": cut})
+
     @property
     def head(self) -> str:
         """The auxiliary head to build: ``aux-head``, or the strategy's default if it is empty.
@@ -269,6 +321,11 @@ class RunConfig(BaseModel):
         """The config as kebab-case keys (the strategy's own included), as written to ``config.json``."""
         own = self.params.model_dump(by_alias=True) if self.params is not None else {}
         return self.model_dump(by_alias=True) | own
+
+
+def _entries(mapping: str) -> list[str]:
+    """The comma-separated entries of a per-partition key, stripped (``"s,,m"``: ``["s", "", "m"]``)."""
+    return [entry.strip() for entry in mapping.split(",")] if mapping.strip() else []
 
 
 class StrategyParams(BaseModel):
