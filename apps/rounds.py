@@ -82,10 +82,20 @@ class RoundStats:
     server_cuda_peak: int | None = None
     failures: dict[int, str] = field(default_factory=dict)  # partition id -> reason
     client_metrics: dict[str, float] = field(default_factory=dict)  # a client half's own (Packet.add_metric), summed
+    #: Per partition: its compute (forward and backward) and its busy time (every request's
+    #: handling, from arrival to upload), in seconds, and its probed peak memory in MiB. With
+    #: clients of different cuts or speeds these say who holds the round up.
+    compute_s: dict[int, float] = field(default_factory=dict)
+    busy_s: dict[int, float] = field(default_factory=dict)
+    peak_mb: dict[int, float] = field(default_factory=dict)
 
-    def note_upload(self, upload: Packet, reply: Reply) -> UploadReport:
+    def note_upload(self, upload: Packet, reply: Reply, partition_id: int) -> UploadReport:
         """Add one training upload's report (the ClientApp's timing and memory, the strategy's loss)."""
         report = UploadReport.of(upload)
+        self.compute_s[partition_id] = self.compute_s.get(partition_id, 0.0) + report.fwd_s + report.bwd_s
+        self.busy_s[partition_id] = self.busy_s.get(partition_id, 0.0) + report.handler_s
+        if report.memory is not None:
+            self.peak_mb[partition_id] = max(self.peak_mb.get(partition_id, 0.0), report.memory.peak / MiB)
         self.client_fwd_s += report.fwd_s
         self.client_bwd_s += report.bwd_s
         # The round trip minus what covered it: the client's handler and, running at the same
@@ -137,6 +147,8 @@ class RoundStats:
             cuda = getattr(self, f"{party}_cuda_peak")
             out[f"{party}_cuda_peak_mb"] = cuda / MiB if cuda is not None else None
         out |= {f"client.{name}": value for name, value in sorted(self.client_metrics.items())}
+        for name, values in (("per_client_compute_s", self.compute_s), ("per_client_busy_s", self.busy_s), ("per_client_peak_mb", self.peak_mb)):
+            out[name] = {str(pid): value for pid, value in sorted(values.items())}  # by partition id
         out["failed_clients"] = sorted(self.failures)
         out["failures"] = [{"client": pid, "reason": why} for pid, why in sorted(self.failures.items())]
         return out
@@ -331,7 +343,7 @@ class RoundDriver:
                     if upload is None:
                         raise PayloadError(reply.error or "no reply")
                     self.server.check_upload(upload)
-                    report = stats.note_upload(upload, reply)
+                    report = stats.note_upload(upload, reply, client.partition_id)
                     upload = upload.to(self.server.placement.device)  # validated on the CPU, then moved once
                 except PayloadError as err:
                     stats.fail(client, str(err), "training")

@@ -160,6 +160,7 @@ def test_unsynced_clients_of_two_depths_train_through_one_server_and_score_per_c
     assert metrics["failed_clients"] == [] and metrics["train_samples"] == 2 * 2 * 16
     per_cut = metrics["test_accuracy_per_cut"]
     assert set(per_cut) == {"1", "4"} and per_cut["1"] == metrics["test_accuracy_per_client"][0]
+    assert set(metrics["per_client_compute_s"]) == {"0", "1"} and all(s > 0 for s in metrics["per_client_busy_s"].values())
 
 
 def test_a_cut_named_in_the_node_config_wins_and_a_bad_one_fails_hello_naming_it(tmp_path: Path) -> None:
