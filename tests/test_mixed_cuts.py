@@ -130,7 +130,7 @@ def _bottom(grid: InProcessGrid, node_id: int, raw: dict) -> nn.Module:
     return client_state.load_slice(context, config, get_strategy(config.strategy))
 
 
-@pytest.mark.parametrize("strategy", ["dsl", "splitfed-v1", "splitfed-v2"])
+@pytest.mark.parametrize("strategy", ["dsl", "cse-fsl", "hybrid", "splitfed-v1", "splitfed-v2"])
 def test_an_averaged_round_leaves_one_network_every_client_path_computes(tmp_path: Path, strategy: str) -> None:
     # Execute
     raw = RAW | {"strategy": strategy, "client-sync": "average"}
@@ -197,7 +197,8 @@ def test_a_node_cut_before_the_servers_slice_or_a_strategy_of_one_cut_is_refused
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"strategy": "cse-fsl", "cuts": "s,d"}, r"cuts: clients with different cuts \(blocks \[2, 4\]\), but strategy 'cse-fsl'"),
+        ({"strategy": "fsl-sage", "cuts": "s,d"}, r"cuts: clients with different cuts \(blocks \[2, 4\]\), but strategy 'fsl-sage'"),
+        ({"strategy": "csl-u", "cuts": "s,d"}, r"but strategy 'csl-u' needs one cut"),
         ({"strategy": "csl", "cuts": "s,d", "client-sync": "relay"}, r'client-sync = "relay" hands one slice'),
         ({"strategy": "dsl", "cuts": "s,q"}, r"cuts: entry 1 \(partition 1\): 'q' is not s, m, d"),
     ],
