@@ -38,7 +38,7 @@ CHECKPOINT = "checkpoint.pt"
 NODE_WAIT_S = 120.0
 # Keys that may change between a run and its resumption.
 # A run moves between machines: its device, precision and determinism switch may change.
-RESUMABLE_CHANGES = {"resume", "num-server-rounds", "message-timeout", "tensorboard", "progress", "device", "server-device", "amp", "deterministic", "eval-every", "keep-rounds"}
+RESUMABLE_CHANGES = {"resume", "num-server-rounds", "message-timeout", "tensorboard", "progress", "device", "server-device", "amp", "deterministic", "eval-every", "keep-rounds", "record-gradient-batches"}
 
 
 @app.main()

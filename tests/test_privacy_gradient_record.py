@@ -61,3 +61,12 @@ def test_a_negative_record_gradient_batches_is_refused_naming_the_key() -> None:
     # Execute, Assert
     with pytest.raises(ConfigError, match="record-gradient-batches"):
         make_config(**{"strategy": "csl-u", "record-gradient-batches": -1})
+
+
+def test_a_resumed_run_may_record_another_number_of_batches_as_it_may_keep_other_rounds() -> None:
+    # Prepare
+    saved = make_config(strategy="csl-u").as_run_config()
+    resumed = make_config(**{"strategy": "csl-u", "record-gradient-batches": 8, "keep-rounds": "3"})
+
+    # Execute, Assert
+    assert server_app.changed_keys(resumed, saved) == []
