@@ -21,6 +21,7 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -141,6 +142,11 @@ class ServerHalf(ABC):
         #: index -> count; 0 or absent: it enters at the top's first block). Set with the clients.
         self.entry_offsets: dict[int, int] = {}
         self._loss_sum, self._correct, self._samples = 0.0, 0, 0
+
+    def attach_run(self, run_dir: Path, partitions: dict[int, int]) -> None:
+        """Called once the clients are known, with the run's folder and each client's partition id
+        (by client index), for a strategy that writes files of its own (U-shaped splits record
+        the ``dL/dz2`` they receive, ``flsplit.privacy.gradient_record``)."""
 
     def begin_round(self, round_number: int) -> None:
         """Called once before the round's first request (FSL-SAGE aligns its estimators here)."""

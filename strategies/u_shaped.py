@@ -163,7 +163,7 @@ def pending_labels(client: ClientSlice) -> torch.Tensor:
 class USplitServer(ServerHalf):
     """Runs the middle: ``z2`` for every ``z1``, then a step on the ``dL/dz2`` the client returns.
 
-    Once told where the run's folder is (``record_gradients``), it records the ``dL/dz2`` it
+    Once told where the run's folder is (``attach_run``), it records the ``dL/dz2`` it
     receives in the rounds ``keep-rounds`` keeps, for the label-leakage attacks (docs/privacy.md).
     """
 
@@ -180,7 +180,7 @@ class USplitServer(ServerHalf):
         self._version = 0
         self.recorder: GradientRecorder | None = None
 
-    def record_gradients(self, run_dir: str | Path, partitions: dict[int, int]) -> None:
+    def attach_run(self, run_dir: Path, partitions: dict[int, int]) -> None:
         """Record into ``run_dir`` what clients return at kept rounds; ``partitions``: client index -> partition id."""
         batches = getattr(self.config.params, "record_gradient_batches", 0)
         self.recorder = GradientRecorder(run_dir, self.config, partitions, batches)

@@ -20,7 +20,7 @@ def test_the_server_records_the_first_batches_it_receives_in_kept_rounds_only(tm
     # Prepare: rounds of 3 batches; round 2 kept, 2 batches recorded; client index 0 is partition 3
     config = make_config(**{"strategy": strategy, "cut": 1, "keep-rounds": "2", "record-gradient-batches": 2})
     server = server_app.build_server(config, get_strategy(strategy))
-    server.record_gradients(tmp_path, {0: 3})
+    server.attach_run(tmp_path, {0: 3})
     half, client = get_strategy(strategy).client(config), make_client(config, strategy, steps=3)
     drive_round(half, server, client, round_number=1)
     server.end_round(1, None)
@@ -47,7 +47,7 @@ def test_no_gradient_is_recorded_without_keep_rounds_or_with_zero_batches(tmp_pa
     for name, keys in {"unkept": {}, "zero": {"keep-rounds": "all", "record-gradient-batches": 0}}.items():
         config = make_config(**{"strategy": "csl-u", "cut": 1} | keys)
         server = server_app.build_server(config, get_strategy("csl-u"))
-        server.record_gradients(tmp_path / name, {0: 0})
+        server.attach_run(tmp_path / name, {0: 0})
 
         # Execute
         drive_round(get_strategy("csl-u").client(config), server, make_client(config, "csl-u", steps=2))

@@ -57,7 +57,7 @@ def u_shaped_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     writer = ResultsWriter(str(tmp_path), "tiny-u")
     writer.write_config(config.as_run_config() | {"num_clients": 4, "topology": "u-shaped"})
     server = server_app.build_server(config, strategy)
-    server.record_gradients(writer.dir, {0: 0})
+    server.attach_run(writer.dir, {0: 0})
     context = _context(writer.dir / "clients")
     client = make_client(config, strategy, steps=3)
     client.loader = client_state.client_loader(context, config)  # partition 0 of 4, as a ClientApp reads it
