@@ -40,6 +40,7 @@ from flsplit.split import activation_shape
 from flsplit.tracking import NoTracker, Tracker
 from flsplit.wire import Packet, PayloadError, weight_specs
 from strategies import ServerHalf, SplitStrategy
+from apps.async_rounds import AsyncRound
 from apps.exchange import Exchange, Reply
 from apps.stream_exchange import StreamExchange
 
@@ -59,6 +60,7 @@ class Client:
     batches_per_round: int  # the batches it trains on per round (the progress lines' total)
     software: dict[str, str]  # its interpreter and versions (flsplit.software), as it reported them
     worker_resources: dict[str, float] = field(default_factory=dict)  # in simulation: what Ray reserved for it
+    slowdown: float = 1.0  # a simulated slow device (flsplit.slowdown), as it reported it
 
 
 @dataclass
@@ -67,6 +69,7 @@ class RoundStats:
 
     client_fwd_s: float = 0.0
     client_bwd_s: float = 0.0
+    client_slowdown_s: float = 0.0  # slept by simulated slow devices (flsplit.slowdown), not compute
     comm_s: float = 0.0
     round_trip_s: float = 0.0
     messages: int = 0
@@ -79,12 +82,14 @@ class RoundStats:
     server_cuda_peak: int | None = None
     failures: dict[int, str] = field(default_factory=dict)  # partition id -> reason
     client_metrics: dict[str, float] = field(default_factory=dict)  # a client half's own (Packet.add_metric), summed
+    asynchrony: dict[str, Any] = field(default_factory=dict)  # an asynchronous round's close (apps.async_rounds)
 
     def note_upload(self, upload: Packet, reply: Reply) -> UploadReport:
         """Add one training upload's report (the ClientApp's timing and memory, the strategy's loss)."""
         report = UploadReport.of(upload)
         self.client_fwd_s += report.fwd_s
         self.client_bwd_s += report.bwd_s
+        self.client_slowdown_s += report.slowdown_s
         # The round trip minus what covered it: the client's handler and, running at the same
         # time, the server's own training on other uploads.
         self.comm_s += max(0.0, reply.round_trip_s - max(report.handler_s, reply.server_busy_s))
@@ -121,6 +126,7 @@ class RoundStats:
             "aux_train_loss": self.aux_loss_sum / self.samples if self.samples else None,
             "client_fwd_s": self.client_fwd_s,
             "client_bwd_s": self.client_bwd_s,
+            "client_slowdown_s": self.client_slowdown_s,
             "comm_s": self.comm_s,
             "train_messages": self.messages,
             "train_samples": self.samples,
@@ -134,6 +140,7 @@ class RoundStats:
             cuda = getattr(self, f"{party}_cuda_peak")
             out[f"{party}_cuda_peak_mb"] = cuda / MiB if cuda is not None else None
         out |= {f"client.{name}": value for name, value in sorted(self.client_metrics.items())}
+        out |= self.asynchrony
         out["failed_clients"] = sorted(self.failures)
         out["failures"] = [{"client": pid, "reason": why} for pid, why in sorted(self.failures.items())]
         return out
@@ -152,6 +159,7 @@ class UploadReport:
 
     fwd_s: float
     bwd_s: float
+    slowdown_s: float
     handler_s: float
     peak_rss_mb: float
     aux_loss_sum: float
@@ -170,6 +178,7 @@ class UploadReport:
         return cls(
             fwd_s=timings.fwd_s,
             bwd_s=timings.bwd_s,
+            slowdown_s=timings.slowdown_s,
             handler_s=timings.handler_s,
             peak_rss_mb=timings.peak_rss_mb,
             aux_loss_sum=float(info.get("aux_loss_sum", 0.0)),  # type: ignore[arg-type]
@@ -191,7 +200,7 @@ def hello(exchange: Exchange, node_ids: list[int], greeting: HelloRequest) -> li
         if reply.packet is None:
             raise RuntimeError(f"node {node_id} failed at start-up: {reply.error}")
         node = HelloReply.of(reply.packet.info)
-        facts = (node.num_examples, node.nice, node.threads, node.batches_per_round, node.software(), node.worker_resources())
+        facts = (node.num_examples, node.nice, node.threads, node.batches_per_round, node.software(), node.worker_resources(), node.slowdown)
         found.append((node.partition_id, node_id, facts))
     found.sort(key=lambda row: row[:2])
     partitions = [pid for pid, *_ in found]
@@ -275,6 +284,9 @@ class RoundDriver:
         total = sum(c.batches_per_round for c in self.clients)
         self.meter = ProgressMeter(self.config.progress, round_number, total, time.perf_counter())
         self.round_batches = {}
+        if self.config.asynchronous:  # arrival order, closed on a quorum or deadline (apps.async_rounds)
+            AsyncRound(self, round_number, stats).run()
+            return stats
         groups = self.strategy.serving_groups(self.config, round_number, len(self.clients))
         relays = self.strategy.relays(self.config)
         if relays and self.holder is None and round_number > 1:  # a resumed run: last round's last client
@@ -316,19 +328,11 @@ class RoundDriver:
             self._request(client, round_number)
         while active:
             for client in list(active):
-                reply = self.exchange.receive(client.node_id, self.server.upload_specs_of(client.index, self.shape))
-                upload = reply.packet
-                try:
-                    if upload is None:
-                        raise PayloadError(reply.error or "no reply")
-                    self.server.check_upload(upload)
-                    report = stats.note_upload(upload, reply)
-                    upload = upload.to(self.server.placement.device)  # validated on the CPU, then moved once
-                except PayloadError as err:
-                    stats.fail(client, str(err), "training")
-                    self.exchange.abandon(client.node_id)
+                accepted = self._accept(client, self._receive_upload(client), stats)
+                if accepted is None:
                     active.remove(client)
                     continue
+                upload, report = accepted
                 self._report_progress(client, report, stats)
                 done = bool(upload.info.get("done"))
                 # Pipelined: the next request does not depend on this upload, so it goes out
@@ -341,6 +345,25 @@ class RoundDriver:
                     self._request(client, round_number, answer)
                 if done:
                     active.remove(client)
+
+    def _receive_upload(self, client: Client) -> Reply:
+        """Wait for ``client``'s next training upload."""
+        return self.exchange.receive(client.node_id, self.server.upload_specs_of(client.index, self.shape))
+
+    def _accept(self, client: Client, reply: Reply, stats: RoundStats) -> tuple[Packet, UploadReport] | None:
+        """A training upload, validated, noted in ``stats`` and on the server's device; ``None`` if it failed (recorded, client dropped)."""
+        upload = reply.packet
+        try:
+            if upload is None:
+                raise PayloadError(reply.error or "no reply")
+            self.server.check_upload(upload)
+            report = stats.note_upload(upload, reply)
+            upload = upload.to(self.server.placement.device)  # validated on the CPU, then moved once
+        except PayloadError as err:
+            stats.fail(client, str(err), "training")
+            self.exchange.abandon(client.node_id)
+            return None
+        return upload, report
 
     def _report_progress(self, client: Client, report: UploadReport, stats: RoundStats) -> None:
         """Log (and track) the round's progress when the meter says this upload passed a tenth."""

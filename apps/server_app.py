@@ -138,7 +138,9 @@ def _run_facts(config: RunConfig, clients: list[rounds.Client]) -> dict[str, Any
         "client_sync": strategy.sync_of(config), "serving_order": strategy.order_of(config), "transport": config.transport,
         "topology": strategy.topology,
     }
-    facts = {"num_clients": len(clients), "cut_blocks": config.cut_blocks, "processes": processes, "client_software": clients_software}
+    # A simulated slow device is a sleep of (s - 1) x its measured compute (flsplit.slowdown): every result says so.
+    slowdowns = {"client_slowdowns": [c.slowdown for c in clients], "slowdown_simulation": "sleep (s-1) x measured compute" if any(c.slowdown > 1 for c in clients) else "none"}
+    facts = {"num_clients": len(clients), "cut_blocks": config.cut_blocks, "processes": processes, "client_software": clients_software} | slowdowns
     return facts | protocol | software()
 
 

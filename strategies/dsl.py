@@ -81,5 +81,6 @@ class DSL(SplitStrategy):
 
     name = "dsl"
     uses_aux_head = True
+    serves_asynchronously = True
     client = DSLClient
     server = DSLServer
