@@ -242,3 +242,19 @@ def test_a_resumed_asynchronous_run_under_the_virtual_clock_repeats_an_uninterru
     assert weights == [[48, 16]] * 4
     facts = json.loads((tmp_path / "whole" / "config.json").read_text())
     assert facts["client_slowdowns"] == [1.0, 4.0] and facts["slowdown_simulation"].startswith("sleep")
+
+
+@pytest.mark.slow  # the real ServerApp and ClientApps in process, two one-round runs
+@pytest.mark.usefixtures("task_identity")
+def test_on_the_wall_clock_over_messages_a_round_runs_to_its_quorum_or_closes_on_its_deadline(tmp_path: Path) -> None:
+    # Prepare: the wall clock, messages transport; in process a ClientApp trains while its request is pushed
+    wall = {k: v for k, v in IN_PROCESS.items() if k not in ("virtual-clock", "quorum")} | {"num-server-rounds": 1, "max-batches": 2}
+    # Execute
+    [full] = run_server_app(wall | {"run-name": "full"}, tmp_path)
+    [cut] = run_server_app(wall | {"run-name": "cut", "round-deadline": 0.001}, tmp_path)
+    # Assert: without a quorum every client finishes, and the server trains on every upload
+    assert (full["round_close"], full["finished_clients"], full["late_uploads"]) == ("quorum", [0, 1], 0)
+    assert full["server_samples"] == full["train_samples"] == 2 * 2 * 16
+    # a deadline that has passed before the first upload is read: both first uploads are dropped, then the round ends
+    assert (cut["round_close"], cut["finished_clients"], cut["late_uploads"], cut["server_samples"]) == ("deadline", [], 2, 0)
+    assert cut["train_samples"] == 2 * 16 and cut["failed_clients"] == []
