@@ -41,6 +41,7 @@ from strategies import ClientHalf, ClientSlice, get_strategy, parse_config
 from apps import IMPORT_STARTED_AT, simulation_runtime
 from apps.client_state import (
     RUN,
+    as_node_runs_it,
     client_dataset,
     client_loader,
     client_placement,
@@ -69,8 +70,8 @@ def _parse(items: tuple[tuple[str, object], ...]) -> RunConfig:
 
 
 def run_config(context: Context) -> RunConfig:
-    """The validated run config (parsed once per process)."""
-    return _parse(tuple(sorted(context.run_config.items())))
+    """The validated run config (parsed once per process), as this node runs it: with its own cut."""
+    return as_node_runs_it(context, _parse(tuple(sorted(context.run_config.items()))))
 
 
 def _quota(config: RunConfig, batches_per_epoch: int) -> int:
@@ -95,6 +96,8 @@ def hello(msg: Message, context: Context) -> Message:
         num_partitions=num_partitions,
         num_examples=len(loader),
         batches_per_round=_quota(config, loader.batches_per_epoch),
+        cut_blocks=config.cut_blocks,
+        activation_shape=",".join(map(str, activation_shape(config))),
         nice=os.getpriority(os.PRIO_PROCESS, 0),
         threads=torch.get_num_threads(),
         slowdown=node_slowdown(context, config),

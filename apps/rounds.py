@@ -38,10 +38,11 @@ from flsplit.protocol import (
 )
 from flsplit.split import activation_shape
 from flsplit.tracking import NoTracker, Tracker
-from flsplit.wire import Packet, PayloadError, weight_specs
+from flsplit.wire import Packet, PayloadError, TensorSpec, weight_specs
 from strategies import ServerHalf, SplitStrategy
 from apps.async_rounds import AsyncRound
 from apps.exchange import Exchange, Reply
+from apps.mixed_cuts import average_layerwise
 from apps.stream_exchange import StreamExchange
 
 MiB = 1 << 20
@@ -59,6 +60,8 @@ class Client:
     threads: int  # its torch intra-op threads
     batches_per_round: int  # the batches it trains on per round (the progress lines' total)
     software: dict[str, str]  # its interpreter and versions (flsplit.software), as it reported them
+    cut_blocks: int  # its cut (node config, or ``cuts``), checked at hello (apps.mixed_cuts)
+    activation_shape: tuple[int, ...]  # what its slice outputs at that cut
     worker_resources: dict[str, float] = field(default_factory=dict)  # in simulation: what Ray reserved for it
     slowdown: float = 1.0  # a simulated slow device (flsplit.slowdown), as it reported it
 
@@ -82,11 +85,21 @@ class RoundStats:
     server_cuda_peak: int | None = None
     failures: dict[int, str] = field(default_factory=dict)  # partition id -> reason
     client_metrics: dict[str, float] = field(default_factory=dict)  # a client half's own (Packet.add_metric), summed
+    #: Per partition: its compute (forward and backward) and its busy time (every request's
+    #: handling, from arrival to upload), in seconds, and its probed peak memory in MiB. With
+    #: clients of different cuts or speeds these say who holds the round up.
+    compute_s: dict[int, float] = field(default_factory=dict)
+    busy_s: dict[int, float] = field(default_factory=dict)
+    peak_mb: dict[int, float] = field(default_factory=dict)
     asynchrony: dict[str, Any] = field(default_factory=dict)  # an asynchronous round's close (apps.async_rounds)
 
-    def note_upload(self, upload: Packet, reply: Reply) -> UploadReport:
+    def note_upload(self, upload: Packet, reply: Reply, partition_id: int) -> UploadReport:
         """Add one training upload's report (the ClientApp's timing and memory, the strategy's loss)."""
         report = UploadReport.of(upload)
+        self.compute_s[partition_id] = self.compute_s.get(partition_id, 0.0) + report.fwd_s + report.bwd_s
+        self.busy_s[partition_id] = self.busy_s.get(partition_id, 0.0) + report.handler_s
+        if report.memory is not None:
+            self.peak_mb[partition_id] = max(self.peak_mb.get(partition_id, 0.0), report.memory.peak / MiB)
         self.client_fwd_s += report.fwd_s
         self.client_bwd_s += report.bwd_s
         self.client_slowdown_s += report.slowdown_s
@@ -140,6 +153,8 @@ class RoundStats:
             cuda = getattr(self, f"{party}_cuda_peak")
             out[f"{party}_cuda_peak_mb"] = cuda / MiB if cuda is not None else None
         out |= {f"client.{name}": value for name, value in sorted(self.client_metrics.items())}
+        for name, values in (("per_client_compute_s", self.compute_s), ("per_client_busy_s", self.busy_s), ("per_client_peak_mb", self.peak_mb)):
+            out[name] = {str(pid): value for pid, value in sorted(values.items())}  # by partition id
         out |= self.asynchrony
         out["failed_clients"] = sorted(self.failures)
         out["failures"] = [{"client": pid, "reason": why} for pid, why in sorted(self.failures.items())]
@@ -190,8 +205,11 @@ class UploadReport:
         )
 
 
-def hello(exchange: Exchange, node_ids: list[int], greeting: HelloRequest) -> list[Client]:
-    """Greet every node (telling it where checkpoints go, and any round to restore); order by partition."""
+def hello(exchange: Exchange, node_ids: list[int], greeting: HelloRequest, config: RunConfig) -> list[Client]:
+    """Greet every node (telling it where checkpoints go, and any round to restore); order by partition.
+
+    A node that reports no cut (an older flsplit) runs the run's ``cut``.
+    """
     for node_id in node_ids:
         exchange.send(node_id, MessageKind.HELLO, Packet(info=greeting.as_info()))
     found = []
@@ -200,7 +218,9 @@ def hello(exchange: Exchange, node_ids: list[int], greeting: HelloRequest) -> li
         if reply.packet is None:
             raise RuntimeError(f"node {node_id} failed at start-up: {reply.error}")
         node = HelloReply.of(reply.packet.info)
-        facts = (node.num_examples, node.nice, node.threads, node.batches_per_round, node.software(), node.worker_resources(), node.slowdown)
+        cut = config.cut_blocks if node.cut_blocks is None else node.cut_blocks
+        shape = tuple(int(n) for n in node.activation_shape.split(",")) if node.activation_shape else activation_shape(config)
+        facts = (node.num_examples, node.nice, node.threads, node.batches_per_round, node.software(), cut, shape, node.worker_resources(), node.slowdown)
         found.append((node.partition_id, node_id, facts))
     found.sort(key=lambda row: row[:2])
     partitions = [pid for pid, *_ in found]
@@ -234,13 +254,13 @@ class RoundDriver:
         self.tracker = tracker or NoTracker()  # also receives the progress points (tensorboard)
         self.meter: ProgressMeter | None = None  # this round's progress (flsplit.progress)
         self.round_batches: dict[int, int] = {}  # batches each partition has trained on this round
-        self.synced = strategy.synced_modules(strategy.client_modules(config))
-        self.shape = activation_shape(config)
-        self.specs = server.upload_specs(self.shape)
+        self.synced_specs: dict[int, list[TensorSpec]] = {}  # by cut: what a client's synced slice must hold
+        self.mixed = len({c.cut_blocks for c in clients}) > 1
         self.probes: dict[int, int] = {}  # uploads measured for the server's peak memory, per partition
         self.aggregated: dict[str, torch.Tensor] | None = None  # the last round's averaged slice
         self.holder: Client | None = None  # with client-sync = "relay": the client holding the slice
         server.partition_sizes = {c.index: c.num_examples for c in clients}
+        server.entry_offsets = {c.index: c.cut_blocks - config.shallowest_cut_blocks for c in clients}
         if isinstance(exchange, StreamExchange):
             exchange.check_capacity(clients, 1 if strategy.serves_sequentially(config) else len(clients))
 
@@ -250,7 +270,8 @@ class RoundDriver:
         stats = self.train(round_number)
         train_s = time.perf_counter() - started
         weights = self.aggregate(round_number, stats) if self.strategy.aggregates(self.config) else None
-        self.server.end_round(round_number, weights)
+        # One averaged slice for all, for a strategy that uses it (FedAvg's top); none with mixed cuts.
+        self.server.end_round(round_number, next(iter(weights.values())) if weights and not self.mixed else None)
         eval_started = time.perf_counter()
         evaluation = self.evaluate(round_number, weights, stats)
         metrics = {
@@ -311,7 +332,7 @@ class RoundDriver:
         if holder is None or holder is client:
             return True
         self.exchange.send(holder.node_id, MessageKind.RELAY_FETCH, Packet(info={}))
-        reply = self.exchange.receive(holder.node_id, weight_specs(self.synced), same_batch=False)
+        reply = self.exchange.receive(holder.node_id, self.synced_specs_of(holder), same_batch=False)
         if reply.packet is None:
             stats.fail(holder, reply.error or "no reply", "relay")
             self.holder = None  # the slice is lost with its holder; the next client continues from its own
@@ -348,7 +369,7 @@ class RoundDriver:
 
     def _receive_upload(self, client: Client) -> Reply:
         """Wait for ``client``'s next training upload."""
-        return self.exchange.receive(client.node_id, self.server.upload_specs_of(client.index, self.shape))
+        return self.exchange.receive(client.node_id, self.server.upload_specs_of(client.index, client.activation_shape))
 
     def _accept(self, client: Client, reply: Reply, stats: RoundStats) -> tuple[Packet, UploadReport] | None:
         """A training upload, validated, noted in ``stats`` and on the server's device; ``None`` if it failed (recorded, client dropped)."""
@@ -357,7 +378,7 @@ class RoundDriver:
             if upload is None:
                 raise PayloadError(reply.error or "no reply")
             self.server.check_upload(upload)
-            report = stats.note_upload(upload, reply)
+            report = stats.note_upload(upload, reply, client.partition_id)
             upload = upload.to(self.server.placement.device)  # validated on the CPU, then moved once
         except PayloadError as err:
             stats.fail(client, str(err), "training")
@@ -392,69 +413,90 @@ class RoundDriver:
         stats.note_memory("server", reading)
         return answer
 
-    def aggregate(self, round_number: int, stats: RoundStats) -> dict[str, torch.Tensor] | None:
-        """Average the client slices with a Flower strategy's ``aggregate_train`` (FedAvg by default)."""
+    def aggregate(self, round_number: int, stats: RoundStats) -> dict[int, dict[str, torch.Tensor]] | None:
+        """Average the client slices with a Flower strategy's ``aggregate_train`` (FedAvg by default).
+
+        Returns each client's averaged slice by client index: the same one for all, or, with
+        mixed cuts, its own depth of a layer-wise average (``apps.mixed_cuts``).
+        """
         live = [c for c in self.clients if c.partition_id not in stats.failures]
         for client in live:
             self.exchange.send(client.node_id, MessageKind.SYNC, Packet(info=RoundTag(round_number).as_info()))
-        replies = []
-        specs = weight_specs(self.synced)
+        replies: dict[int, Reply] = {}
         for client in live:
-            reply = self.exchange.receive(client.node_id, specs, same_batch=False)
+            reply = self.exchange.receive(client.node_id, self.synced_specs_of(client), same_batch=False)
             if reply.packet is None:
                 stats.fail(client, reply.error or "no reply", "aggregation")
                 continue
-            replies.append(reply.message)
+            replies[client.index] = reply
         if not replies:
             log(WARNING, "round %d: no client slice to aggregate", round_number)
             return None
-        return aggregate_replies(self.aggregator, round_number, replies)
+        if self.mixed:
+            slices = {index: reply.packet.tensors["weights"] for index, reply in replies.items() if reply.packet is not None}
+            return average_layerwise(self.aggregator, round_number, slices, self.clients, self.server, self.config.shallowest_cut_blocks)
+        average = aggregate_replies(self.aggregator, round_number, [reply.message for reply in replies.values()])
+        return None if average is None else {c.index: average for c in self.clients}
 
-    def evaluate(self, round_number: int, weights: dict[str, torch.Tensor] | None, stats: RoundStats) -> dict[str, float | None]:
+    def synced_specs_of(self, client: Client) -> list[TensorSpec]:
+        """What ``client``'s synced modules (bottom slice, auxiliary head) must hold at its cut."""
+        if client.cut_blocks not in self.synced_specs:
+            modules = self.strategy.client_modules(self.config.with_cut(str(client.cut_blocks)))
+            self.synced_specs[client.cut_blocks] = weight_specs(self.strategy.synced_modules(modules))
+        return self.synced_specs[client.cut_blocks]
+
+    def evaluate(self, round_number: int, weights: dict[int, dict[str, torch.Tensor]] | None, stats: RoundStats) -> dict[str, Any]:
         """Each client's slice embeds the test split; the top slice scores it.
 
-        Every reachable client gets one evaluate message per round, which carries the
+        Every reachable client gets one evaluate message per round, which carries its
         aggregated weights (if any) and tells it to checkpoint its slice as of this round.
-        With aggregated slices every client holds the same weights, so only the first one
-        runs the test split; in a round that ``eval-every`` skips, none does, and the test
-        metrics are ``None``. ``evaluated_clients`` names the partitions whose slices the
-        accuracy covers (the averaged slice covers every client that went into the average),
-        so a round after a failure is not mistaken for one over the whole federation.
+        With aggregated slices every client of a cut holds the same weights, so only the first
+        one of each cut runs the test split (after a layer-wise average every path computes
+        the same network; the heads differ by cut); in a round that ``eval-every`` skips, none
+        does, and the test metrics are ``None``. ``evaluated_clients`` names the partitions
+        whose slices the accuracy covers (the averaged slice covers every client that went
+        into the average), so a round after a failure is not mistaken for one over the whole
+        federation. With mixed cuts, ``test_accuracy_per_cut`` gives each cut's mean.
         """
         reachable = [c for c in self.clients if c.partition_id not in stats.failures]
         scores = self.config.scores_round(round_number)
-        evaluators = (reachable[:1] if weights is not None else reachable) if scores else []
+        evaluators = (_first_of_each_cut(reachable) if weights is not None else reachable) if scores else []
         if self.strategy.relays(self.config) and scores:  # the relayed slice is the model: its holder scores it
             evaluators = [c for c in reachable if c is self.holder][:1]
         for client in reachable:
             info = EvaluateRequest(evaluate=client in evaluators, checkpoint_round=round_number).as_info()
-            self.exchange.send(client.node_id, MessageKind.EVALUATE, Packet({"weights": weights} if weights is not None else {}, info))
-        results, scored_partitions = [], []
+            mine = weights.get(client.index) if weights is not None else None
+            self.exchange.send(client.node_id, MessageKind.EVALUATE, Packet({"weights": mine} if mine is not None else {}, info))
+        results: list[tuple[Client, tuple[float, float, float]]] = []
         self.server.top.eval()
         score = self._score_on_client if self.strategy.topology == "u-shaped" else self._score
         for client in reachable:
             scored = score(client, client in evaluators, stats)
             if scored is not None:
-                results.append(scored)
-                scored_partitions.append(client.partition_id)
+                results.append((client, scored))
         self.server.top.train()
+        per_cut: dict[str, Any] = {"test_accuracy_per_cut": None} if self.mixed else {}
         if not scores:
-            return {"test_accuracy": None, "test_loss": None, "aux_accuracy": None, "evaluated_clients": None, "test_accuracy_per_client": None}
+            return {"test_accuracy": None, "test_loss": None, "aux_accuracy": None, "evaluated_clients": None, "test_accuracy_per_client": None} | per_cut
         if not results:
             nan = float("nan")
-            return {"test_accuracy": nan, "test_loss": nan, "aux_accuracy": None, "evaluated_clients": [], "test_accuracy_per_client": []}
+            return {"test_accuracy": nan, "test_loss": nan, "aux_accuracy": None, "evaluated_clients": [], "test_accuracy_per_client": []} | per_cut
+        if self.mixed:
+            cuts = sorted({c.cut_blocks for c, _ in results})
+            per_cut["test_accuracy_per_cut"] = {str(cut): _mean([r[0] for c, r in results if c.cut_blocks == cut]) for cut in cuts}
+        scored = [r for _, r in results]
         return {
-            "test_accuracy": sum(r[0] for r in results) / len(results),
-            "test_loss": sum(r[1] for r in results) / len(results),
-            "aux_accuracy": sum(r[2] for r in results) / len(results),
-            "evaluated_clients": [c.partition_id for c in reachable] if weights is not None else scored_partitions,
+            "test_accuracy": _mean([r[0] for r in scored]),
+            "test_loss": _mean([r[1] for r in scored]),
+            "aux_accuracy": _mean([r[2] for r in scored]),
+            "evaluated_clients": [c.partition_id for c in reachable] if weights is not None else [c.partition_id for c, _ in results],
             # Un-synced slices are separate models: each one's accuracy, in partition order.
-            "test_accuracy_per_client": [r[0] for r in results],
-        }
+            "test_accuracy_per_client": [r[0] for r in scored],
+        } | per_cut
 
     def _next_chunk(self, client: Client, evaluates: bool, stats: RoundStats) -> tuple[Reply, EvaluateChunk] | None:
         """The client's next evaluation reply and its chunk record; ``None`` if it failed (recorded) or does not score."""
-        reply = self.exchange.receive(client.node_id, self.specs)
+        reply = self.exchange.receive(client.node_id, self.server.upload_specs(client.activation_shape))
         if reply.packet is None:
             stats.fail(client, reply.error or "no reply", "evaluation")
             return None
@@ -477,7 +519,7 @@ class RoundDriver:
             scored = reply.packet.to(self.server.placement.device)
             y = scored.labels
             with torch.no_grad(), self.server.placement.autocast():
-                logits = self.server.top(scored.activations)
+                logits = self.server.entry(client.index)(scored.activations)
                 loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
                 correct += int((logits.argmax(1) == y).sum())
             samples += len(y)
@@ -512,6 +554,18 @@ class RoundDriver:
                 return correct / samples, loss_sum / samples, aux_correct / samples
             offset = chunk.next_offset
             self.exchange.send(client.node_id, MessageKind.EVALUATE, Packet(info=EvaluateRequest(offset=offset).as_info()))
+
+
+def _first_of_each_cut(clients: list[Client]) -> list[Client]:
+    """The first client of each cut, in partition order (one client when all share a cut)."""
+    firsts: dict[int, Client] = {}
+    for client in clients:
+        firsts.setdefault(client.cut_blocks, client)
+    return list(firsts.values())
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def round_line(metrics: dict[str, Any], total_rounds: int) -> str:

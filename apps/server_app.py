@@ -26,6 +26,7 @@ from flsplit.status import RunStatus
 from flsplit.tracking import open_tracker
 from strategies import ServerHalf, SplitStrategy, get_strategy, parse_config
 from apps import fast_pull, rounds, simulation_runtime
+from apps.mixed_cuts import check_cuts
 from apps.stream_exchange import open_exchange
 
 app = ServerApp()
@@ -93,7 +94,8 @@ def _train(grid: Grid, config: RunConfig, writer: ResultsWriter, status: RunStat
     busy = lambda: server.watch.total  # noqa: E731 - the server's compute so far, for comm_s
     with open_exchange(grid, ledger, index, config, busy) as exchange:
         greeting = HelloRequest(str(writer.dir / "clients"), restore_round=first_round - 1 if restored else None)
-        clients = rounds.hello(exchange, node_ids, greeting)
+        clients = rounds.hello(exchange, node_ids, greeting, config)
+        check_cuts(clients, config, strategy)
         if not restored:
             writer.write_config(config.as_run_config() | _run_facts(config, clients))
         _warn_on_other_software(clients)
@@ -116,9 +118,14 @@ def _train(grid: Grid, config: RunConfig, writer: ResultsWriter, status: RunStat
 
 
 def build_server(config: RunConfig, strategy: type[SplitStrategy]) -> ServerHalf:
-    """The strategy's server half, its top slice on ``server-device`` (fails at start-up if absent)."""
+    """The strategy's server half, its top slice on ``server-device`` (fails at start-up if absent).
+
+    The top starts after the shallowest cut the run declares, so it serves every client's depth.
+    """
     set_deterministic(config.deterministic)
     placement = Placement.of(config.server_device_name, config.amp, "server-device" if config.server_device else "device")
+    if config.shallowest_cut_blocks != config.cut_blocks:
+        config = config.with_cut(str(config.shallowest_cut_blocks))
     top = strategy.server_slice(config).to(placement.device)  # on the device first, then the optimizer over its parameters
     return strategy.server(top, build_optimizer(list(top.parameters()), config), config)
 
@@ -138,9 +145,10 @@ def _run_facts(config: RunConfig, clients: list[rounds.Client]) -> dict[str, Any
         "client_sync": strategy.sync_of(config), "serving_order": strategy.order_of(config), "transport": config.transport,
         "topology": strategy.topology,
     }
+    cuts = {"cut_blocks": config.cut_blocks, "client_cut_blocks": [c.cut_blocks for c in clients]}
     # A simulated slow device is a sleep of (s - 1) x its measured compute (flsplit.slowdown): every result says so.
     slowdowns = {"client_slowdowns": [c.slowdown for c in clients], "slowdown_simulation": "sleep (s-1) x measured compute" if any(c.slowdown > 1 for c in clients) else "none"}
-    facts = {"num_clients": len(clients), "cut_blocks": config.cut_blocks, "processes": processes, "client_software": clients_software} | slowdowns
+    facts = {"num_clients": len(clients), **cuts, "processes": processes, "client_software": clients_software} | slowdowns
     return facts | protocol | software()
 
 

@@ -303,9 +303,14 @@ class RunConfig(BaseModel):
         return float(entries[partition_id]) if partition_id < len(entries) and entries[partition_id] else 1.0
 
     @property
+    def declared_cut_blocks(self) -> set[int]:
+        """The cuts the run config declares (``cut`` and every ``cuts`` entry), in blocks."""
+        return {resolve_cut(cut, self.model) for cut in [self.cut, *filter(None, _entries(self.cuts))]}
+
+    @property
     def shallowest_cut_blocks(self) -> int:
-        """The shallowest cut the run declares (``cut`` and every ``cuts`` entry): where the server's slice starts."""
-        return min(resolve_cut(cut, self.model) for cut in [self.cut, *filter(None, _entries(self.cuts))])
+        """The shallowest declared cut: where the server's slice starts (a node may name a deeper one)."""
+        return min(self.declared_cut_blocks)
 
     def with_cut(self, cut: str, source: str = "cut") -> RunConfig:
         """This config with another ``cut`` (a node's own), checked; a bad one is a ``ConfigError`` naming ``source``."""

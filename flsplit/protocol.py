@@ -88,6 +88,8 @@ class HelloReply(Record):
     batches_per_round: int  # the batches it trains on per round (the progress lines' total)
     nice: int  # the ClientApp process's niceness (Ray's workers: 15 unless told otherwise)
     threads: int
+    cut_blocks: int | None = None  # its own cut (node config, or ``cuts``); None: an older client, the run's
+    activation_shape: str | None = None  # "16,32,32": what its slice outputs at that cut, checked by the server
     slowdown: float = 1.0  # a simulated slow device: its compute takes this many times as long (flsplit.slowdown)
     worker_cpus: float | None = None  # in simulation: what Ray reserved for it
     worker_gpus: float | None = None

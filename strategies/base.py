@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,6 +137,9 @@ class ServerHalf(ABC):
         self.watch = Stopwatch()
         #: Each client's partition size (client index -> examples), set once the clients are known.
         self.partition_sizes: dict[int, int] = {}
+        #: With a cut per node: blocks of ``top`` each client's own slice already holds (client
+        #: index -> count; 0 or absent: it enters at the top's first block). Set with the clients.
+        self.entry_offsets: dict[int, int] = {}
         self._loss_sum, self._correct, self._samples = 0.0, 0, 0
 
     def begin_round(self, round_number: int) -> None:
@@ -157,6 +160,25 @@ class ServerHalf(ABC):
     def scheduled_optimizers(self) -> list[torch.optim.Optimizer]:
         """The optimizers that follow the run's learning-rate schedule (extend for more)."""
         return [self.optimizer]
+
+    def entry(self, client_id: int, top: nn.Sequential | None = None) -> nn.Sequential:
+        """The part of ``top`` (default: the shared top slice) that ``client_id``'s activations enter.
+
+        With one cut for all it is the whole top; a client with a deeper cut skips the blocks
+        its own slice holds. The blocks are shared, not copied, so training the entry trains the top.
+        """
+        top = self.top if top is None else top
+        offset = self.entry_offsets.get(client_id, 0)
+        return top[offset:] if offset else top  # type: ignore[return-value]
+
+    def top_copies(self) -> list[tuple[nn.Module, list[int]]]:
+        """Each copy of the top slice this server trains, with the clients whose uploads trained it
+        this round (for layer-wise averaging, ``flsplit.layerwise``): one shared copy, for every client."""
+        return [(self.top, sorted(self.partition_sizes))]
+
+    def load_averaged_top(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Continue from layer-wise averaged weights of some of the top's blocks (``Sequential`` keys)."""
+        self.top.load_state_dict(dict(weights), strict=False)
 
     @abstractmethod
     def on_upload(self, client_id: int, upload: Packet) -> Packet | None:
@@ -301,6 +323,9 @@ class SplitStrategy:
     #: then the next, in partition order, as SplitFed-V2's references do) or ``shuffled``
     #: (sequential in a random order drawn each round from ``seed`` and the round number).
     serve_order: str = "interleaved"
+    #: Whether clients may have different cuts (``cuts``, a node's own ``cut``): the server's
+    #: slice then serves every depth (``ServerHalf.entry``) and averaging is layer-wise.
+    mixes_cuts: bool = False
     #: Whether clients upload cut-layer activations (and labels); ``fedavg``'s do not, so it
     #: refuses the privacy defences' keys (``flsplit.privacy.defences``).
     uploads_activations: bool = True
@@ -325,6 +350,20 @@ class SplitStrategy:
                 f"not '{sync}'; {cls.sync_hint or 'leave client-sync empty for its own'}"
             )
         return sync
+
+    @classmethod
+    def check_cuts(cls, config: RunConfig, cuts: Collection[int], where: str = "cuts") -> None:
+        """Refuse clients of different cuts (``cuts``: each client's, in blocks) unless this run can serve them."""
+        if len(set(cuts)) < 2:
+            return
+        reason = "" if cls.mixes_cuts else f"strategy '{cls.name}' needs one cut for all clients; run csl, dsl, splitfed-v1 or splitfed-v2"
+        if cls.mixes_cuts and cls.relays(config):
+            reason = 'client-sync = "relay" hands one slice from client to client; choose "none" or "average"'
+        if reason:
+            raise ConfigError(
+                f"invalid run config:\n  - {where}: clients with different cuts (blocks {sorted(set(cuts))}), but {reason}, "
+                "or give every node the same cut"
+            )
 
     @classmethod
     def aggregates(cls, config: RunConfig) -> bool:
@@ -436,6 +475,7 @@ def parse_config(raw: Mapping[str, Any], from_flower: bool = False) -> RunConfig
     strategy = get_strategy(config.strategy)
     if not strategy.uploads_activations:
         refuse_without_activations(config, config.strategy)
+    strategy.check_cuts(config, config.declared_cut_blocks)
     if config.asynchronous and not strategy.serves_asynchronously:
         raise ConfigError(
             f"invalid run config:\n  - asynchronous: strategy '{config.strategy}' cannot be served asynchronously "

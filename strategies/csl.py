@@ -95,7 +95,7 @@ class CSLServer(ServerHalf):
     replies_to_uploads = True
 
     def on_upload(self, client_id: int, upload: Packet) -> Packet | None:
-        dz = self.train_batches(upload, keep_input_grad=True)
+        dz = self.train_batches(upload, keep_input_grad=True, model=self.entry(client_id))
         return Packet.gradient(dz)
 
 
@@ -107,6 +107,7 @@ class CSL(SplitStrategy):
     averaged (``average``, interleaved; served sequentially that is ``splitfed-v2``)."""
 
     name = "csl"
+    mixes_cuts = True
     uses_aux_head = False
     client = CSLClient
     server = CSLServer

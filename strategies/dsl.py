@@ -71,7 +71,7 @@ class DSLServer(ServerHalf):
     replies_to_uploads = False
 
     def on_upload(self, client_id: int, upload: Packet) -> Packet | None:
-        self.train_batches(upload)
+        self.train_batches(upload, model=self.entry(client_id))
         return None
 
 
@@ -80,6 +80,7 @@ class DSL(SplitStrategy):
     """Decoupled split learning with an auxiliary head (Zihad et al.)."""
 
     name = "dsl"
+    mixes_cuts = True
     uses_aux_head = True
     serves_asynchronously = True
     client = DSLClient

@@ -11,6 +11,7 @@ servers) in FSL-SAGE's figures.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -39,7 +40,7 @@ class SplitFedV1Server(ServerHalf):
 
     def on_upload(self, client_id: int, upload: Packet) -> Packet | None:
         model, optimizer = self._copy(client_id)
-        dz = self.train_batches(upload, keep_input_grad=True, model=model, optimizer=optimizer)
+        dz = self.train_batches(upload, keep_input_grad=True, model=self.entry(client_id, model), optimizer=optimizer)
         self._trained.add(client_id)
         return Packet.gradient(dz)
 
@@ -52,6 +53,15 @@ class SplitFedV1Server(ServerHalf):
         load_weights({"top": self.top}, average)
         for model, _ in self.copies.values():
             model.load_state_dict(self.top.state_dict())
+
+    def top_copies(self) -> list[tuple[nn.Module, list[int]]]:
+        return [(self.copies[c][0], [c]) for c in sorted(self._trained)]
+
+    def load_averaged_top(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Every copy continues from the layer-wise average, which replaces ``end_round``'s own."""
+        for model in [self.top, *(m for m, _ in self.copies.values())]:
+            model.load_state_dict(dict(weights), strict=False)
+        self._trained.clear()
 
     def state_dict(self) -> dict[str, Any]:
         return super().state_dict() | {"copy_optimizers": {c: opt.state_dict() for c, (_, opt) in self.copies.items()}}
@@ -86,6 +96,7 @@ class SplitFedV1(SplitStrategy):
     """Split federated learning with a server-side copy per client."""
 
     name = "splitfed-v1"
+    mixes_cuts = True
     uses_aux_head = False
     client_sync = "average"
     client_syncs = ("average",)

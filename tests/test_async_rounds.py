@@ -87,7 +87,7 @@ class ScriptedDriver:
 
     def _accept(self, client: ScriptedClient, reply: Reply, stats: RoundStats) -> tuple[Packet, UploadReport]:
         assert reply.packet is not None
-        return reply.packet, stats.note_upload(reply.packet, reply)
+        return reply.packet, stats.note_upload(reply.packet, reply, client.partition_id)
 
     def _report_progress(self, client: ScriptedClient, report: UploadReport, stats: RoundStats) -> None:
         pass

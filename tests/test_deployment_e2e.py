@@ -8,6 +8,7 @@ them cold (Flower's own SuperExec: a new interpreter per message), so both launc
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +39,7 @@ class Deployment:
     """A SuperLink with two warm SuperNodes (partitions 0 and 1) whose ClientApps stamp every
     training message, stopped by PID afterwards."""
 
-    def __init__(self, home: Path, tls: bool) -> None:
+    def __init__(self, home: Path, tls: bool, cuts: tuple[str, str] | None = None) -> None:
         certificates = make_certificates(home / "certs") if tls else None
         self.link = SuperLink(home, simulation=False, certificates=certificates, env=TUNED)
         self.stamps = [home / f"stamps{i}" for i in range(2)]
@@ -46,7 +47,8 @@ class Deployment:
         for i, stamps in enumerate(self.stamps):
             stamps.mkdir()
             env = TUNED | {trace.TRACE_ENV: str(stamps)}
-            self.nodes.append(SuperNode(self.link, f"node{i}", f"partition-id={i} num-partitions=2 data-dir=''", warm=True, env=env))
+            own_cut = f" cut={cuts[i]}" if cuts else ""  # a node's own cut (issue 31), as an operator sets it
+            self.nodes.append(SuperNode(self.link, f"node{i}", f"partition-id={i} num-partitions=2 data-dir=''{own_cut}", warm=True, env=env))
 
     def assert_tasks_forked_warm(self) -> None:
         """Every training message ran in its own process, forked after the app was imported."""
@@ -112,6 +114,22 @@ def test_upload_over_100_mb_arrives_whole(deployment: Deployment, tmp_path: Path
     assert rounds[0]["failed_clients"] == []
     assert rounds[0]["bytes_up_activations"] > 2 * 100 * 2**20
     assert rounds[0]["train_messages"] == 2
+
+
+def test_supernodes_with_their_own_cuts_train_one_averaged_network(tmp_path: Path) -> None:
+    # Prepare: node 0 cuts after block 1, node 1 (a stronger device) after stage2.0 (block 4)
+    federation = Deployment(tmp_path / "home", tls=False, cuts=("1", "'stage2.0'"))
+    try:
+        # Execute
+        rounds = federation.run(tmp_path, "mixed", strategy="'dsl'", cut=1, **{"client-sync": "'average'"})
+    finally:
+        federation.stop()
+    # Assert: each node ran its own cut, the slices were averaged layer-wise, each cut was scored
+    config = json.loads((tmp_path / "mixed" / "config.json").read_text())
+    assert config["client_cut_blocks"] == [1, 4]
+    (only,) = rounds
+    assert only["failed_clients"] == [] and only["bytes_model_sync"] > 0
+    assert set(only["test_accuracy_per_cut"]) == {"1", "4"}
 
 
 def test_run_completes_when_a_supernode_is_killed_mid_run(tmp_path: Path) -> None:

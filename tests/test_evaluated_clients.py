@@ -36,7 +36,7 @@ def _round_one(handlers: dict, clients_dir: Path) -> dict:
     config = parse_run_config(RAW)
     grid = InProcessGrid(handlers, RAW)
     exchange = Exchange(grid, Ledger(), {n: i for i, n in enumerate(handlers)}, timeout_s=2.0)
-    clients = rounds.hello(exchange, list(handlers), HelloRequest(str(clients_dir)))
+    clients = rounds.hello(exchange, list(handlers), HelloRequest(str(clients_dir)), config)
     _, top, _ = build_halves(config)
     strategy = get_strategy("dsl")
     server = strategy.server(top, build_optimizer(list(top.parameters()), config), config)

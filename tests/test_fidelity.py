@@ -76,7 +76,7 @@ def _serving_order(strategy: str) -> tuple[list[int], float]:
     config = parse_run_config(raw)
     grid = InProcessGrid({100: _client, 101: _client}, raw)
     exchange = Exchange(grid, Ledger(), {100: 0, 101: 1})
-    clients = rounds.hello(exchange, [100, 101], HelloRequest())
+    clients = rounds.hello(exchange, [100, 101], HelloRequest(), config)
     _, top, _ = build_halves(config)
     server = get_strategy(strategy).server(top, build_optimizer(list(top.parameters()), config), config)
     served: list[int] = []

@@ -126,8 +126,8 @@ def test_client_metrics_are_summed_over_a_rounds_uploads_into_the_metrics() -> N
     # Prepare
     stats, reply = RoundStats(), Reply(node_id=1, message=None, packet=None, error=None, round_trip_s=0.0)
     # Execute
-    stats.note_upload(_upload(clipped=1, norm_sum=0.5), reply)
-    stats.note_upload(_upload(clipped=2), reply)
+    stats.note_upload(_upload(clipped=1, norm_sum=0.5), reply, 0)
+    stats.note_upload(_upload(clipped=2), reply, 1)
     # Assert
     metrics = stats.as_metrics()
     assert metrics["client.clipped"] == 3.0 and metrics["client.norm_sum"] == 0.5
@@ -140,7 +140,7 @@ def test_a_client_metric_that_is_not_a_number_is_a_payload_error(value: object) 
     upload.info["metric.level"] = value  # type: ignore[assignment]
     # Execute / Assert
     with pytest.raises(PayloadError, match="info.metric.level: a client metric must be a number"):
-        RoundStats().note_upload(upload, Reply(node_id=1, message=None, packet=None, error=None, round_trip_s=0.0))
+        RoundStats().note_upload(upload, Reply(node_id=1, message=None, packet=None, error=None, round_trip_s=0.0), 0)
 
 
 def test_the_clipping_plugin_in_process_clips_every_returned_gradient_and_reports_both_halves() -> None:

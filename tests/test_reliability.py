@@ -113,7 +113,7 @@ def test_bad_upload_is_rejected_and_leaves_the_top_slice_unchanged(kind: str) ->
     # Prepare: one adversarial client only
     grid = InProcessGrid({101: _adversary(kind)}, RAW)
     exchange = Exchange(grid, Ledger(), {101: 0})
-    clients = rounds.hello(exchange, [101], HelloRequest())
+    clients = rounds.hello(exchange, [101], HelloRequest(), CONFIG)
     server = _server()
     before = [p.detach().clone() for p in server.top.parameters()]
     # Execute
@@ -128,7 +128,7 @@ def test_server_keeps_training_the_other_clients_when_one_sends_garbage() -> Non
     # Prepare: an honest client (partition 0, real handlers) and an adversary (partition 1)
     grid = InProcessGrid({100: _honest, 101: _adversary("NaN")}, RAW)
     exchange = Exchange(grid, Ledger(), {100: 0, 101: 1})
-    clients = rounds.hello(exchange, [100, 101], HelloRequest())
+    clients = rounds.hello(exchange, [100, 101], HelloRequest(), CONFIG)
     server = _server()
     before = [p.detach().clone() for p in server.top.parameters()]
     # Execute
@@ -190,7 +190,7 @@ def test_a_client_that_never_answers_times_out_and_the_round_goes_on() -> None:
 
     grid = InProcessGrid({100: _honest, 101: silent}, RAW)
     exchange = Exchange(grid, Ledger(), {100: 0, 101: 1}, timeout_s=0.3)
-    clients = rounds.hello(exchange, [100, 101], HelloRequest())
+    clients = rounds.hello(exchange, [100, 101], HelloRequest(), CONFIG)
     # Execute
     stats = _driver(exchange, _server(), clients).train(1)
     # Assert

@@ -121,7 +121,7 @@ def _round(handlers: dict[int, Callable[[Message, Context], Message]]) -> tuple[
     grid.handlers = {node: _route(h, grid) for node, h in handlers.items()}
     index = {node: i for i, node in enumerate(handlers)}
     with StreamExchange(Exchange(grid, Ledger(), index, timeout_s=10), DataPlaneServer(tls=False), handshake_timeout_s=10) as exchange:
-        clients = rounds.hello(exchange, list(handlers), HelloRequest())
+        clients = rounds.hello(exchange, list(handlers), HelloRequest(), CONFIG)
         server = _server()
         before = [p.detach().clone() for p in server.top.parameters()]
         stats = rounds.RoundDriver(exchange, server, get_strategy("dsl"), clients, CONFIG, build_aggregator("FedAvg")).train(1)
