@@ -146,7 +146,12 @@ class Arrival:
 
 
 class AsyncRound:
-    """One asynchronous round of a ``RoundDriver``: requests, arrivals, training, the close."""
+    """One asynchronous round of a ``RoundDriver``: requests, arrivals, training, the close.
+
+    It runs the driver's own steps (``_request``, ``_receive_upload``, ``_accept``, ``_train_on``)
+    in arrival order instead of the synchronous round-robin, so both paths validate, count and
+    train alike.
+    """
 
     #: How often the wall-clock loop polls the clients with a request out.
     POLL_S = 0.002
@@ -172,11 +177,12 @@ class AsyncRound:
                 reason = self.schedule.closes(float("inf"))  # the deadline passed while waiting
                 break
             self._train_on(arrival)
-            reason = self.schedule.closes(self._now(arrival.at))
+            reason = self.schedule.closes(arrival.at if self.config.virtual_clock else self._elapsed())
         self._close(reason or "all")
 
-    def _now(self, virtual: float) -> float:
-        return virtual if self.config.virtual_clock else time.perf_counter() - self.started_at
+    def _elapsed(self) -> float:
+        """Wall-clock seconds since the round's first requests."""
+        return time.perf_counter() - self.started_at
 
     def _request(self, pid: int, at: float, packet: Packet | None = None) -> None:
         self.driver._request(self.clients[pid], self.round_number, packet)
@@ -200,7 +206,7 @@ class AsyncRound:
                 return None
             return self.pending.pop(first.client.partition_id)
         while self.out:
-            if self.schedule.closes(self._now(0.0)):
+            if self.schedule.closes(self._elapsed()):
                 return None
             for pid in list(self.out):  # in the order the requests went out: the longest waiting first
                 if self.driver.exchange.replied(self.clients[pid].node_id):
