@@ -119,6 +119,7 @@ class RoundSchedule:
         self.started[pid] = at
 
     def hold(self, pid: int) -> None:
+        """``pid`` is too far ahead: its next request waits until ``released`` names it."""
         self.held.add(pid)
 
     def released(self) -> list[int]:

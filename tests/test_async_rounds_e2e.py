@@ -29,9 +29,10 @@ def test_an_asynchronous_round_closes_without_the_straggler_and_reproduces_under
     for r in first:
         assert (r["round_close"], r["finished_clients"], r["late_uploads"], r["failed_clients"]) == ("quorum", [0], 1, [])
         assert r["server_samples"] == 4 * 16  # the fast client's epoch; the straggler's one upload came after the close
-    # on the wall clock the straggler, sleeping 3x its compute per batch, is still mid-epoch at the close
+    # on the wall clock the straggler, sleeping 3x its compute per batch, is still mid-epoch at the close:
+    # the close drops its one upload in flight (which the straggler did train on)
     for r in wall:
-        assert (r["round_close"], r["finished_clients"], r["failed_clients"]) == ("quorum", [0], [])
-        assert r["train_samples"] < 2 * 4 * 16 and r["client_slowdown_s"] > 0
+        assert (r["round_close"], r["finished_clients"], r["late_uploads"], r["failed_clients"]) == ("quorum", [0], 1, [])
+        assert r["server_samples"] == r["train_samples"] - r["late_samples"] and r["client_slowdown_s"] > 0
     facts = json.loads((tmp_path / "wall" / "config.json").read_text())
     assert facts["client_slowdowns"] == [1.0, 4.0] and facts["asynchronous"] is True
