@@ -160,6 +160,11 @@ class AsyncRound:
     def __init__(self, driver: RoundDriver, round_number: int, stats: RoundStats) -> None:
         self.driver, self.round_number, self.stats = driver, round_number, stats
         self.config = driver.config
+        if driver.mixed and driver.strategy.aggregates(self.config):
+            raise ConfigError(
+                "invalid run config:\n  - asynchronous: with clients of several cuts, client-sync = \"average\" averages layer-wise "
+                "by partition size, not by the samples a partial epoch trained; use client-sync = \"none\", or one cut for every node"
+            )
         self.clients = {c.partition_id: c for c in driver.clients}
         self.schedule = RoundSchedule.of(self.config, driver.clients)
         self.out: list[int] = []  # partition ids with a request out and no reply received, in the order sent

@@ -20,7 +20,7 @@ from flsplit.config import ConfigError
 from flsplit.protocol import CloseRound, RoundTag, UploadTimings
 from flsplit.wire import Packet
 from tests.in_process_grid import run_server_app
-from strategies import parse_config
+from strategies import get_strategy, parse_config
 from apps import rounds
 from apps.async_rounds import AsyncRound, RoundSchedule
 from apps.exchange import Reply
@@ -74,6 +74,8 @@ class ScriptedDriver:
     clients: list[ScriptedClient]
     exchange: ScriptedExchange = field(default_factory=ScriptedExchange)
     trained: list[int] = field(default_factory=list)
+    mixed: bool = False  # clients of several cuts
+    strategy: type = field(default_factory=lambda: get_strategy("dsl"))
 
     def _request(self, client: ScriptedClient, round_number: int, packet: Packet | None = None) -> None:
         packet = packet or Packet()
@@ -176,6 +178,15 @@ def test_the_schedule_counts_a_failed_client_out_of_the_quorum_and_releases_whom
     assert schedule.closes(0.0) is None
     schedule.record(0, 4, done=True)
     assert schedule.closes(0.0) == "all"  # the quorum of 2 cannot be met, and no one is left training
+
+
+def test_averaging_partial_epochs_of_several_cuts_is_refused_naming_the_key_and_the_fix() -> None:
+    # Prepare: layer-wise averaging over mixed cuts weighs partitions, not the samples a partial epoch trained
+    config = parse_config({"strategy": "dsl", "asynchronous": True, "client-sync": "average"})
+    driver = ScriptedDriver(config, [ScriptedClient(0, 1, 1), ScriptedClient(1, 4, 1)], mixed=True)
+    # Execute / Assert
+    with pytest.raises(ConfigError, match='asynchronous: with clients of several cuts, client-sync = "average".*use client-sync = "none"'):
+        AsyncRound(driver, 1, RoundStats())  # type: ignore[arg-type]
 
 
 def test_a_quorum_larger_than_the_federation_is_refused_naming_the_key() -> None:
