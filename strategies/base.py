@@ -356,7 +356,8 @@ class SplitStrategy:
         """Refuse clients of different cuts (``cuts``: each client's, in blocks) unless this run can serve them."""
         if len(set(cuts)) < 2:
             return
-        reason = "" if cls.mixes_cuts else f"strategy '{cls.name}' needs one cut for all clients; run csl, dsl, splitfed-v1 or splitfed-v2"
+        mixing = sorted(name for name, strategy in _REGISTRY.items() if strategy.mixes_cuts)
+        reason = "" if cls.mixes_cuts else f"strategy '{cls.name}' needs one cut for all clients; run one of {mixing}"
         if cls.mixes_cuts and cls.relays(config):
             reason = 'client-sync = "relay" hands one slice from client to client; choose "none" or "average"'
         if reason:

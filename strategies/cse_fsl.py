@@ -33,6 +33,7 @@ class CSEFSL(SplitStrategy):
     """Communication- and storage-efficient federated split learning."""
 
     name = "cse-fsl"
+    mixes_cuts = True
     uses_aux_head = True
     client_sync = "average"
     params = UploadEvery

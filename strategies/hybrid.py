@@ -134,7 +134,7 @@ class HybridServer(ServerHalf):
             raise PayloadError(f"info.{WANTS_GRADIENT}: {wants!r} must be a boolean, and true only with activations")
 
     def on_upload(self, client_id: int, upload: Packet) -> Packet | None:
-        dz = self.train_batches(upload, keep_input_grad=bool(upload.info.get(WANTS_GRADIENT)))
+        dz = self.train_batches(upload, keep_input_grad=bool(upload.info.get(WANTS_GRADIENT)), model=self.entry(client_id))
         if dz is None:
             return None
         last = batch_sizes(upload, len(dz), self.config.batch_size)[-1]
@@ -163,6 +163,7 @@ class Hybrid(SplitStrategy):
     """DSL with a weighted, periodic server gradient (λ, k)."""
 
     name = "hybrid"
+    mixes_cuts = True
     uses_aux_head = True
     params = HybridParams
     client = HybridClient

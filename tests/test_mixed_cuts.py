@@ -14,17 +14,20 @@ from torch import nn
 
 from flsplit.aggregation import build_aggregator
 from flsplit.config import ConfigError
+from flsplit.dataplane import DataPlaneServer
 from flsplit.ledger import Ledger
 from flsplit.optim import build_optimizer
 from flsplit.protocol import HelloRequest
 from flsplit.wire import module_state
 from tests.in_process_grid import HANDLERS, InProcessGrid
+from tests.test_stream_reliability import _route
 from strategies import get_strategy, parse_config
 from strategies.dsl import DSLServer
 from strategies.splitfed_v1 import SplitFedV1Server
 from apps import client_state, rounds, server_app
 from apps.exchange import Exchange
 from apps.mixed_cuts import average_layerwise, check_cuts
+from apps.stream_exchange import StreamExchange
 
 pytestmark = pytest.mark.usefixtures("task_identity")  # messages built outside a Flower runtime
 
@@ -130,7 +133,7 @@ def _bottom(grid: InProcessGrid, node_id: int, raw: dict) -> nn.Module:
     return client_state.load_slice(context, config, get_strategy(config.strategy))
 
 
-@pytest.mark.parametrize("strategy", ["dsl", "splitfed-v1", "splitfed-v2"])
+@pytest.mark.parametrize("strategy", ["dsl", "cse-fsl", "hybrid", "splitfed-v1", "splitfed-v2"])
 def test_an_averaged_round_leaves_one_network_every_client_path_computes(tmp_path: Path, strategy: str) -> None:
     # Execute
     raw = RAW | {"strategy": strategy, "client-sync": "average"}
@@ -197,7 +200,8 @@ def test_a_node_cut_before_the_servers_slice_or_a_strategy_of_one_cut_is_refused
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"strategy": "cse-fsl", "cuts": "s,d"}, r"cuts: clients with different cuts \(blocks \[2, 4\]\), but strategy 'cse-fsl'"),
+        ({"strategy": "fsl-sage", "cuts": "s,d"}, r"cuts: clients with different cuts \(blocks \[2, 4\]\), but strategy 'fsl-sage'"),
+        ({"strategy": "csl-u", "cuts": "s,d"}, r"but strategy 'csl-u' needs one cut"),
         ({"strategy": "csl", "cuts": "s,d", "client-sync": "relay"}, r'client-sync = "relay" hands one slice'),
         ({"strategy": "dsl", "cuts": "s,q"}, r"cuts: entry 1 \(partition 1\): 'q' is not s, m, d"),
     ],
@@ -205,3 +209,21 @@ def test_a_node_cut_before_the_servers_slice_or_a_strategy_of_one_cut_is_refused
 def test_mixed_cuts_that_cannot_run_are_refused_before_training(raw: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config({"dataset": "synthetic"} | raw)
+
+
+def test_clients_of_two_depths_train_over_the_stream(tmp_path: Path) -> None:
+    # Prepare: the real data plane on loopback; each training message's handler holds its round open in a thread
+    raw = RAW | {"strategy": "csl", "transport": "stream"}
+    config, strategy = parse_config(raw), get_strategy("csl")
+    grid = InProcessGrid(dict.fromkeys([100, 101]), raw)
+    grid.handlers = {node: _route(_honest, grid) for node in (100, 101)}
+    messages = Exchange(grid, Ledger(), {100: 0, 101: 1}, timeout_s=10.0)
+    with StreamExchange(messages, DataPlaneServer(tls=False), handshake_timeout_s=10.0) as exchange:
+        clients = rounds.hello(exchange, [100, 101], HelloRequest(str(tmp_path)), config)
+        driver = rounds.RoundDriver(exchange, server_app.build_server(config, strategy), strategy, clients, config, build_aggregator("FedAvg"))
+        # Execute
+        metrics = driver.run_round(1)
+    # Assert: every batch of both depths went up and got its gradient on the stream
+    assert metrics["failed_clients"] == [] and metrics["train_samples"] == 2 * 2 * 16
+    assert metrics["bytes_down_gradients"] == metrics["bytes_up_activations"] > 0
+    assert set(metrics["test_accuracy_per_cut"]) == {"1", "4"}
