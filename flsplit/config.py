@@ -77,8 +77,8 @@ class RunConfig(BaseModel):
     #: Simulated slow devices, by partition id ("1,1,2,4"): each client's compute takes that many
     #: times as long (flsplit.slowdown); an empty or missing entry is 1.
     slowdowns: str = ""
-    #: Asynchronous rounds (DSL's family; apps.async_rounds): the server trains on uploads in the
-    #: order they arrive, and a round closes on a quorum of finished clients or a deadline.
+    #: Asynchronous rounds (DSL, and plug-ins that opt in; apps.async_rounds): the server trains
+    #: on uploads in the order they arrive, and a round closes on a quorum of finished clients or a deadline.
     asynchronous: bool = False
     quorum: int = Field(0, ge=0)  # clients that must finish their epoch to close an asynchronous round; 0: every live client
     round_deadline: float = Field(0.0, ge=0, allow_inf_nan=False)  # seconds (virtual units under virtual-clock) from a round's start; 0: none
