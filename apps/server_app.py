@@ -25,6 +25,7 @@ from flsplit.software import software
 from flsplit.status import RunStatus
 from flsplit.tracking import open_tracker
 from strategies import ServerHalf, SplitStrategy, get_strategy, parse_config
+from strategies.u_shaped import USplitServer
 from apps import fast_pull, rounds, simulation_runtime
 from apps.mixed_cuts import check_cuts
 from apps.stream_exchange import open_exchange
@@ -37,7 +38,7 @@ CHECKPOINT = "checkpoint.pt"
 NODE_WAIT_S = 120.0
 # Keys that may change between a run and its resumption.
 # A run moves between machines: its device, precision and determinism switch may change.
-RESUMABLE_CHANGES = {"resume", "num-server-rounds", "message-timeout", "tensorboard", "progress", "device", "server-device", "amp", "deterministic", "eval-every", "keep-rounds"}
+RESUMABLE_CHANGES = {"resume", "num-server-rounds", "message-timeout", "tensorboard", "progress", "device", "server-device", "amp", "deterministic", "eval-every", "keep-rounds", "record-gradient-batches"}
 
 
 @app.main()
@@ -96,6 +97,8 @@ def _train(grid: Grid, config: RunConfig, writer: ResultsWriter, status: RunStat
         greeting = HelloRequest(str(writer.dir / "clients"), restore_round=first_round - 1 if restored else None)
         clients = rounds.hello(exchange, node_ids, greeting, config)
         check_cuts(clients, config, strategy)
+        if isinstance(server, USplitServer):  # it records the dL/dz2 it receives at kept rounds (docs/privacy.md)
+            server.record_gradients(writer.dir, {c.index: c.partition_id for c in clients})
         if not restored:
             writer.write_config(config.as_run_config() | _run_facts(config, clients))
         _warn_on_other_software(clients)

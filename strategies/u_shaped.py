@@ -18,14 +18,16 @@ and ``dL/dz1``, so the halves say per exchange what the next one must carry
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from torch import nn
 
 from flsplit.config import RunConfig, StrategyParams
+from flsplit.privacy.gradient_record import GradientRecorder
 from flsplit.split import build_u_slices, head_input_shape, resolve_head_cut
 from flsplit.wire import Packet, PayloadError, TensorSpec, gradient_specs
 from strategies.base import ClientSlice, ServerHalf, SplitStrategy, batch_sizes, register, unscaled
@@ -36,10 +38,13 @@ from strategies.csl import CSLClient, hold_pending
 AWAITS_STEP, AWAITS_Z2, AWAITS_DZ1 = 0, 1, 2
 
 
-class HeadCut(StrategyParams):
-    """Where the server's middle ends: the last block it holds; the client's head is the rest."""
+class UShapedParams(StrategyParams):
+    """Where the server's middle ends, and how much of the ``dL/dz2`` it receives it records."""
 
-    head_cut: str = ""  # empty: the classifier alone is the head
+    head_cut: str = ""  # the last block the middle holds; the client's head is the rest (empty: the classifier)
+    #: Batches of ``dL/dz2`` recorded per client in each round ``keep-rounds`` keeps, for
+    #: ``flsplit leak`` (``flsplit.privacy.gradient_record``); 0 records none.
+    record_gradient_batches: int = Field(4, ge=0)
 
     @field_validator("head_cut", mode="before")
     @classmethod
@@ -156,7 +161,11 @@ def pending_labels(client: ClientSlice) -> torch.Tensor:
 
 
 class USplitServer(ServerHalf):
-    """Runs the middle: ``z2`` for every ``z1``, then a step on the ``dL/dz2`` the client returns."""
+    """Runs the middle: ``z2`` for every ``z1``, then a step on the ``dL/dz2`` the client returns.
+
+    Once told where the run's folder is (``record_gradients``), it records the ``dL/dz2`` it
+    receives in the rounds ``keep-rounds`` keeps, for the label-leakage attacks (docs/privacy.md).
+    """
 
     #: Whether the reply to ``dL/dz2`` carries ``dL/dz1`` for the client's bottom (``csl-u``).
     returns_input_grad: bool = True
@@ -169,9 +178,21 @@ class USplitServer(ServerHalf):
         #: Counts the middle's forward passes and steps: each changes what a graph saved
         #: (BatchNorm's running statistics, the weights), so a graph is usable only if none came since.
         self._version = 0
+        self.recorder: GradientRecorder | None = None
+
+    def record_gradients(self, run_dir: str | Path, partitions: dict[int, int]) -> None:
+        """Record into ``run_dir`` what clients return at kept rounds; ``partitions``: client index -> partition id."""
+        batches = getattr(self.config.params, "record_gradient_batches", 0)
+        self.recorder = GradientRecorder(run_dir, self.config, partitions, batches)
 
     def begin_round(self, round_number: int) -> None:
         self._pending.clear()  # a client dropped mid-batch leaves nothing behind
+        if self.recorder is not None:
+            self.recorder.begin_round(round_number)
+
+    def end_round(self, round_number: int, aggregated: dict[str, torch.Tensor] | None) -> None:
+        if self.recorder is not None:
+            self.recorder.end_round()
 
     def awaits_reply(self, client_id: int) -> bool:
         # Called before ``on_upload``: a pending ``z2`` means this upload is ``dL/dz2``.
@@ -214,6 +235,8 @@ class USplitServer(ServerHalf):
         dz2 = upload.gradients
         if dz2.shape != z2.shape:
             raise PayloadError(f"gradients.dz: shape {list(dz2.shape)}, expected {list(z2.shape)}")
+        if self.recorder is not None:
+            self.recorder.received(client_id, dz2)  # as received: before the middle uses it
         # Another client's forward pass or step came in between (interleaved serving): the graph
         # is stale, so the forward pass is recomputed with the current weights, and BatchNorm's
         # running statistics, which the first pass already updated, are restored after the backward.
@@ -246,10 +269,10 @@ class DSLUServer(USplitServer):
 
 
 class UShaped(SplitStrategy):
-    """What both U-shaped strategies share: the three slices, the ``head-cut`` key, the head averaged."""
+    """What both U-shaped strategies share: the three slices, their keys, the head averaged."""
 
     topology = "u-shaped"
-    params = HeadCut
+    params = UShapedParams
     aggregated_modules = ("bottom", "aux", "head")
 
     @classmethod

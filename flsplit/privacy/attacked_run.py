@@ -2,9 +2,10 @@
 
 The attacks rebuild the network from the run's ``config.json`` (as every party built it) and
 load the weights of the chosen round: the client's bottom from
-``clients/round-N/partition-K.pt`` (white-box knowledge) and the server's top from
-``server/round-N.pt``, or from ``checkpoint.pt`` when that holds round ``N``. Only the last two
-rounds survive a run unless ``keep-rounds`` kept others.
+``clients/round-N/partition-K.pt`` (white-box knowledge) and the server's slice from
+``server/round-N.pt``, or from ``checkpoint.pt`` when that holds round ``N``: the top of a
+label-sharing split, the middle of a U-shaped one. Only the last two rounds survive a run unless
+``keep-rounds`` kept others.
 """
 
 from __future__ import annotations
@@ -18,17 +19,22 @@ import numpy as np
 from torch import nn
 
 from flsplit import checkpoint
-from flsplit.config import RunConfig, parse_run_config, run_config_keys
-from flsplit.data import Dataset, load_dataset, partition_indices
+from flsplit.config import RunConfig, run_config_keys
+from flsplit.data import Dataset, PartitionLoader, load_dataset, partition_indices
 from flsplit.split import build_halves
 from flsplit.wire import load_weights
+from strategies import get_strategy, parse_config
 
 SERVER_CHECKPOINT = "checkpoint.pt"  # the server's latest state (apps/server_app.py)
 
 
 @dataclass
 class AttackedRun:
-    """The run's config and its bottom and top slices after ``round``, both in eval mode."""
+    """The run's config and its bottom and server slices after ``round``, both in eval mode.
+
+    ``top`` is the server's slice: a label-sharing split's top (a classifier of ``z``), a
+    U-shaped split's middle (it outputs ``z2``; the client holds the head).
+    """
 
     run_dir: Path
     recorded: dict[str, Any]  # config.json as written: the run config and the run's facts
@@ -37,6 +43,13 @@ class AttackedRun:
     partition: int
     bottom: nn.Module
     top: nn.Module
+    #: The attacked client's counters in its checkpoint of ``round`` (``round_start``: the round's first step).
+    counters: dict[str, int]
+
+    @property
+    def topology(self) -> str:
+        """``label-sharing`` or ``u-shaped``, as the run recorded it."""
+        return str(self.recorded.get("topology", "label-sharing"))
 
     @property
     def num_partitions(self) -> int:
@@ -54,6 +67,10 @@ class AttackedRun:
             data.train.labels, self.partition, self.num_partitions, config.partition, config.dirichlet_alpha, config.classes_per_client, config.data_seed
         )
 
+    def loader(self, data: Dataset) -> PartitionLoader:
+        """The attacked client's batches, as it drew them: batch ``step`` is a pure function of the step."""
+        return PartitionLoader(data, self.partition_of(data), self.config.batch_size, self.config.seed, self.partition)
+
 
 def open_run(run_dir: str | Path, round_number: int | None = None, partition: int = 0, data_dir: str | None = None) -> AttackedRun:
     """Load ``run_dir`` at ``round_number`` (default: the last round with both slices on disk).
@@ -65,15 +82,7 @@ def open_run(run_dir: str | Path, round_number: int | None = None, partition: in
     if not config_path.exists():
         raise FileNotFoundError(f"{run_dir}: no config.json; name a run folder (<results-dir>/<run-name>)")
     recorded = json.loads(config_path.read_text(encoding="utf-8"))
-    topology = recorded.get("topology", "label-sharing")
-    if topology != "label-sharing":
-        raise ValueError(
-            f"{run_dir}: a {topology} run (strategy {recorded.get('strategy')!r}); the attacks read label-sharing runs "
-            "only, whose server holds the top slice (docs/privacy.md, 'What it does not cover')"
-        )
-    keys = run_config_keys()
-    raw = {k: v for k, v in recorded.items() if k in keys} | ({"data-dir": data_dir} if data_dir is not None else {})
-    config = parse_run_config(raw)
+    config = _run_config(recorded, data_dir)
     rounds = available_rounds(run_dir, partition)
     if not rounds:
         raise FileNotFoundError(
@@ -83,11 +92,21 @@ def open_run(run_dir: str | Path, round_number: int | None = None, partition: in
     chosen = rounds[-1] if round_number is None else round_number
     if chosen not in rounds:
         raise FileNotFoundError(f"--round {chosen}: {run_dir} keeps rounds {rounds} of partition {partition}; choose one of them")
-    bottom, top, _ = build_halves(config)
+    bottom = build_halves(config)[0]
+    top = get_strategy(config.strategy).server_slice(config)
     client_state = checkpoint.load(checkpoint.client_checkpoint_path(run_dir / "clients", chosen, partition))
     load_weights({"bottom": bottom}, client_state["weights"])
     top.load_state_dict(_server_state(run_dir, chosen)["top"])
-    return AttackedRun(run_dir, recorded, config, chosen, partition, bottom.eval(), top.eval())
+    counters = {k: int(v) for k, v in client_state["counters"].items()}
+    return AttackedRun(run_dir, recorded, config, chosen, partition, bottom.eval(), top.eval(), counters)
+
+
+def _run_config(recorded: dict[str, Any], data_dir: str | None) -> RunConfig:
+    """The run config ``config.json`` records (its strategy's own keys, such as ``head-cut``, included)."""
+    strategy = get_strategy(str(recorded.get("strategy", "")))
+    keys = run_config_keys() | (strategy.params.keys() if strategy.params else set())
+    raw = {k: v for k, v in recorded.items() if k in keys} | ({"data-dir": data_dir} if data_dir is not None else {})
+    return parse_config(raw)
 
 
 def available_rounds(run_dir: Path, partition: int) -> list[int]:
