@@ -22,6 +22,7 @@ from flsplit.memory import MemoryReading, measure
 from flsplit.optim import set_round_lr
 from flsplit.privacy.defences import defend_upload
 from flsplit.protocol import (
+    CloseRound,
     Done,
     EvaluateChunk,
     EvaluateRequest,
@@ -32,6 +33,7 @@ from flsplit.protocol import (
     RoundTag,
     UploadTimings,
 )
+from flsplit.slowdown import pad_compute
 from flsplit.software import software
 from flsplit.split import activation_shape
 from flsplit.wire import Packet, PayloadError, decode, encode, load_weights, weight_specs, weights_of
@@ -44,6 +46,7 @@ from apps.client_state import (
     client_loader,
     client_placement,
     load_slice,
+    node_slowdown,
     partition_of,
     restore_checkpoint,
     save_slice,
@@ -97,6 +100,7 @@ def hello(msg: Message, context: Context) -> Message:
         activation_shape=",".join(map(str, activation_shape(config))),
         nice=os.getpriority(os.PRIO_PROCESS, 0),
         threads=torch.get_num_threads(),
+        slowdown=node_slowdown(context, config),
         **simulation_runtime.worker_resources(),
         **software(),
     )
@@ -114,15 +118,16 @@ def train_step(msg: Message, context: Context) -> Message:
     shape = activation_shape(config)
     specs = half.request_specs(client, shape)
     request = decode(msg.content, specs if msg.content.array_records else [], wire_dtype=config.wire_dtype).to(client.placement.device)  # validated on the CPU
+    slowdown = node_slowdown(context, config)
     if "stream_token" in request.info:
         summary = serve_round(
             request, Ticket.from_info(request.info), context.node_id, config, lambda: half.request_specs(client, shape),
-            lambda r, t: _train_once(half, r, client, config, t), lambda r: r.to(client.placement.device),
+            lambda r, t: _train_once(half, r, client, config, t, slowdown), lambda r: r.to(client.placement.device),
         )
         save_slice(context, client, config.client_cache)
         return Message(encode(Packet(info=summary.as_info())), reply_to=msg)
     ready_at = time.time()
-    upload = _train_once(half, request, client, config, started)
+    upload = _train_once(half, request, client, config, started, slowdown)
     save_slice(context, client, config.client_cache)
     reply = Message(encode(upload, config.wire_dtype), reply_to=msg)
     if trace.enabled():
@@ -133,20 +138,29 @@ def train_step(msg: Message, context: Context) -> Message:
     return reply
 
 
-def _train_once(half: ClientHalf, request: Packet, client: ClientSlice, config: RunConfig, started: float) -> Packet:
-    """Apply one request and train to the next upload, timed from ``started`` (when the request arrived)."""
+def _train_once(half: ClientHalf, request: Packet, client: ClientSlice, config: RunConfig, started: float, slowdown: float = 1.0) -> Packet:
+    """Apply one request and train to the next upload, timed from ``started`` (when the request arrived).
+
+    A request that closes an asynchronous round ends the client's round where it stands (its
+    epoch is partial; the next round continues from the next batch). A node with ``slowdown``
+    above 1 then sleeps as a slower device would have computed (``flsplit.slowdown``).
+    """
     round_number = RoundTag.of(request.info).round
     if round_number != client.counters["round"]:
         client.counters["round"] = round_number
         client.counters["round_start"] = client.counters["step"]
         client.counters["round_end"] = client.counters["step"] + _quota(config, client.loader.batches_per_epoch)
+    if CloseRound.of(request.info).close_round:
+        client.counters["round_end"] = client.counters["step"]
     set_round_lr(client.optimizer, config, round_number)
     upload, memory = _train_measured(half, request, client, config)
     defend_upload(upload, config, client.loader.partition_id, client.counters["step"])  # before anything sees it
     timings = client.watch.take()
+    slept = pad_compute(slowdown, timings.get("fwd", 0.0) + timings.get("bwd", 0.0))
     upload.info |= UploadTimings(
         fwd_s=timings.get("fwd", 0.0),
         bwd_s=timings.get("bwd", 0.0),
+        slowdown_s=slept,
         handler_s=time.perf_counter() - started,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         round_batches=client.counters["step"] - client.counters["round_start"],
@@ -174,12 +188,17 @@ def _train_measured(half: ClientHalf, request: Packet, client: ClientSlice, conf
 
 @app.train("sync")
 def sync(msg: Message, context: Context) -> Message:
-    """Upload the modules the strategy averages, weighted by the number of examples."""
+    """Upload the modules the strategy averages, weighted by the number of examples.
+
+    In an asynchronous round a client's epoch may be partial, so its weight is the samples it
+    actually trained on this round (``apps.async_rounds``), not its partition's size.
+    """
     config = run_config(context)
     strategy = get_strategy(config.strategy)
     client = load_slice(context, config, strategy)
     content = encode(Packet({"weights": weights_of(strategy.synced_modules(client.modules()))}))
-    content["metrics"] = MetricRecord({"num-examples": len(client.loader)})
+    weight = client.loader.samples_in(client.counters.get("round_start", 0), client.counters["step"]) if config.asynchronous else len(client.loader)
+    content["metrics"] = MetricRecord({"num-examples": weight})
     return Message(content, reply_to=msg)
 
 

@@ -24,6 +24,7 @@ from flsplit.config import RunConfig
 from flsplit.data import DataOptions, Dataset, PartitionLoader, load_dataset, partition_indices
 from flsplit.device import Placement, host_optimizer_steps, set_deterministic, to_host
 from flsplit.optim import build_optimizer
+from flsplit.slowdown import parse_slowdown
 from flsplit.wire import load_weights, weights_of
 from strategies import ClientSlice, SplitStrategy
 
@@ -63,6 +64,12 @@ def as_node_runs_it(context: Context, config: RunConfig) -> RunConfig:
     """The run config with this node's own cut; a cut the model cannot serve is a ``ConfigError`` naming where it came from."""
     source = "node-config cut" if "cut" in context.node_config else "cuts" if config.cuts else "cut"
     return config.with_cut(node_cut(context, config), source)
+
+
+def node_slowdown(context: Context, config: RunConfig) -> float:
+    """This node's simulated slowdown: its own ``slowdown`` (node config), else ``slowdowns`` by partition, else 1."""
+    own = context.node_config.get("slowdown")
+    return parse_slowdown(own, "node-config slowdown") if own is not None else config.slowdown_of(partition_of(context)[0])
 
 
 def data_dir_of(context: Context, config: RunConfig) -> str:

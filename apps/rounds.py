@@ -40,6 +40,7 @@ from flsplit.split import activation_shape
 from flsplit.tracking import NoTracker, Tracker
 from flsplit.wire import Packet, PayloadError, TensorSpec, weight_specs
 from strategies import ServerHalf, SplitStrategy
+from apps.async_rounds import AsyncRound
 from apps.exchange import Exchange, Reply
 from apps.mixed_cuts import average_layerwise
 from apps.stream_exchange import StreamExchange
@@ -62,6 +63,7 @@ class Client:
     cut_blocks: int  # its cut (node config, or ``cuts``), checked at hello (apps.mixed_cuts)
     activation_shape: tuple[int, ...]  # what its slice outputs at that cut
     worker_resources: dict[str, float] = field(default_factory=dict)  # in simulation: what Ray reserved for it
+    slowdown: float = 1.0  # a simulated slow device (flsplit.slowdown), as it reported it
 
 
 @dataclass
@@ -70,6 +72,7 @@ class RoundStats:
 
     client_fwd_s: float = 0.0
     client_bwd_s: float = 0.0
+    client_slowdown_s: float = 0.0  # slept by simulated slow devices (flsplit.slowdown), not compute
     comm_s: float = 0.0
     round_trip_s: float = 0.0
     messages: int = 0
@@ -88,6 +91,7 @@ class RoundStats:
     compute_s: dict[int, float] = field(default_factory=dict)
     busy_s: dict[int, float] = field(default_factory=dict)
     peak_mb: dict[int, float] = field(default_factory=dict)
+    asynchrony: dict[str, Any] = field(default_factory=dict)  # an asynchronous round's close (apps.async_rounds)
 
     def note_upload(self, upload: Packet, reply: Reply, partition_id: int) -> UploadReport:
         """Add one training upload's report (the ClientApp's timing and memory, the strategy's loss)."""
@@ -98,6 +102,7 @@ class RoundStats:
             self.peak_mb[partition_id] = max(self.peak_mb.get(partition_id, 0.0), report.memory.peak / MiB)
         self.client_fwd_s += report.fwd_s
         self.client_bwd_s += report.bwd_s
+        self.client_slowdown_s += report.slowdown_s
         # The round trip minus what covered it: the client's handler and, running at the same
         # time, the server's own training on other uploads.
         self.comm_s += max(0.0, reply.round_trip_s - max(report.handler_s, reply.server_busy_s))
@@ -134,6 +139,7 @@ class RoundStats:
             "aux_train_loss": self.aux_loss_sum / self.samples if self.samples else None,
             "client_fwd_s": self.client_fwd_s,
             "client_bwd_s": self.client_bwd_s,
+            "client_slowdown_s": self.client_slowdown_s,
             "comm_s": self.comm_s,
             "train_messages": self.messages,
             "train_samples": self.samples,
@@ -149,6 +155,7 @@ class RoundStats:
         out |= {f"client.{name}": value for name, value in sorted(self.client_metrics.items())}
         for name, values in (("per_client_compute_s", self.compute_s), ("per_client_busy_s", self.busy_s), ("per_client_peak_mb", self.peak_mb)):
             out[name] = {str(pid): value for pid, value in sorted(values.items())}  # by partition id
+        out |= self.asynchrony
         out["failed_clients"] = sorted(self.failures)
         out["failures"] = [{"client": pid, "reason": why} for pid, why in sorted(self.failures.items())]
         return out
@@ -167,6 +174,7 @@ class UploadReport:
 
     fwd_s: float
     bwd_s: float
+    slowdown_s: float
     handler_s: float
     peak_rss_mb: float
     aux_loss_sum: float
@@ -185,6 +193,7 @@ class UploadReport:
         return cls(
             fwd_s=timings.fwd_s,
             bwd_s=timings.bwd_s,
+            slowdown_s=timings.slowdown_s,
             handler_s=timings.handler_s,
             peak_rss_mb=timings.peak_rss_mb,
             aux_loss_sum=float(info.get("aux_loss_sum", 0.0)),  # type: ignore[arg-type]
@@ -211,7 +220,7 @@ def hello(exchange: Exchange, node_ids: list[int], greeting: HelloRequest, confi
         node = HelloReply.of(reply.packet.info)
         cut = config.cut_blocks if node.cut_blocks is None else node.cut_blocks
         shape = tuple(int(n) for n in node.activation_shape.split(",")) if node.activation_shape else activation_shape(config)
-        facts = (node.num_examples, node.nice, node.threads, node.batches_per_round, node.software(), cut, shape, node.worker_resources())
+        facts = (node.num_examples, node.nice, node.threads, node.batches_per_round, node.software(), cut, shape, node.worker_resources(), node.slowdown)
         found.append((node.partition_id, node_id, facts))
     found.sort(key=lambda row: row[:2])
     partitions = [pid for pid, *_ in found]
@@ -296,6 +305,9 @@ class RoundDriver:
         total = sum(c.batches_per_round for c in self.clients)
         self.meter = ProgressMeter(self.config.progress, round_number, total, time.perf_counter())
         self.round_batches = {}
+        if self.config.asynchronous:  # arrival order, closed on a quorum or deadline (apps.async_rounds)
+            AsyncRound(self, round_number, stats).run()
+            return stats
         groups = self.strategy.serving_groups(self.config, round_number, len(self.clients))
         relays = self.strategy.relays(self.config)
         if relays and self.holder is None and round_number > 1:  # a resumed run: last round's last client
@@ -337,19 +349,11 @@ class RoundDriver:
             self._request(client, round_number)
         while active:
             for client in list(active):
-                reply = self.exchange.receive(client.node_id, self.server.upload_specs_of(client.index, client.activation_shape))
-                upload = reply.packet
-                try:
-                    if upload is None:
-                        raise PayloadError(reply.error or "no reply")
-                    self.server.check_upload(upload)
-                    report = stats.note_upload(upload, reply, client.partition_id)
-                    upload = upload.to(self.server.placement.device)  # validated on the CPU, then moved once
-                except PayloadError as err:
-                    stats.fail(client, str(err), "training")
-                    self.exchange.abandon(client.node_id)
+                accepted = self._accept(client, self._receive_upload(client), stats)
+                if accepted is None:
                     active.remove(client)
                     continue
+                upload, report = accepted
                 self._report_progress(client, report, stats)
                 done = bool(upload.info.get("done"))
                 # Pipelined: the next request does not depend on this upload, so it goes out
@@ -362,6 +366,25 @@ class RoundDriver:
                     self._request(client, round_number, answer)
                 if done:
                     active.remove(client)
+
+    def _receive_upload(self, client: Client) -> Reply:
+        """Wait for ``client``'s next training upload."""
+        return self.exchange.receive(client.node_id, self.server.upload_specs_of(client.index, client.activation_shape))
+
+    def _accept(self, client: Client, reply: Reply, stats: RoundStats) -> tuple[Packet, UploadReport] | None:
+        """A training upload, validated, noted in ``stats`` and on the server's device; ``None`` if it failed (recorded, client dropped)."""
+        upload = reply.packet
+        try:
+            if upload is None:
+                raise PayloadError(reply.error or "no reply")
+            self.server.check_upload(upload)
+            report = stats.note_upload(upload, reply, client.partition_id)
+            upload = upload.to(self.server.placement.device)  # validated on the CPU, then moved once
+        except PayloadError as err:
+            stats.fail(client, str(err), "training")
+            self.exchange.abandon(client.node_id)
+            return None
+        return upload, report
 
     def _report_progress(self, client: Client, report: UploadReport, stats: RoundStats) -> None:
         """Log (and track) the round's progress when the meter says this upload passed a tenth."""

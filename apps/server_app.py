@@ -147,7 +147,9 @@ def _run_facts(config: RunConfig, clients: list[rounds.Client]) -> dict[str, Any
         "topology": strategy.topology,
     }
     cuts = {"cut_blocks": config.cut_blocks, "client_cut_blocks": [c.cut_blocks for c in clients]}
-    facts = {"num_clients": len(clients), **cuts, "processes": processes, "client_software": clients_software}
+    # A simulated slow device is a sleep of (s - 1) x its measured compute (flsplit.slowdown): every result says so.
+    slowdowns = {"client_slowdowns": [c.slowdown for c in clients], "slowdown_simulation": "sleep (s-1) x measured compute" if any(c.slowdown > 1 for c in clients) else "none"}
+    facts = {"num_clients": len(clients), **cuts, "processes": processes, "client_software": clients_software} | slowdowns
     return facts | protocol | software()
 
 

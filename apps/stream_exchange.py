@@ -121,6 +121,18 @@ class StreamExchange:
             return self._end_round(node_id, reply)
         return reply
 
+    def replied(self, node_id: int) -> bool:
+        """Whether ``receive(node_id)`` would return at once (an upload, or the node's failure): ``Exchange.replied`` on the stream."""
+        stream = self._streams.get(node_id)
+        if stream is None:
+            return self.messages.replied(node_id)
+        if stream.connection is None:
+            try:
+                stream.connection = self.plane.connection(node_id, timeout_s=0)
+            except DataPlaneError:
+                return self.messages.replied(node_id)  # its round message failed before it dialled in
+        return stream.connection.readable()
+
     def abandon(self, node_id: int) -> None:
         """Drop the node from the round: close its stream, void its tickets, forget its round message."""
         stream = self._streams.pop(node_id, None)

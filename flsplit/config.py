@@ -77,6 +77,13 @@ class RunConfig(BaseModel):
     #: Simulated slow devices, by partition id ("1,1,2,4"): each client's compute takes that many
     #: times as long (flsplit.slowdown); an empty or missing entry is 1.
     slowdowns: str = ""
+    #: Asynchronous rounds (DSL, and plug-ins that opt in; apps.async_rounds): the server trains
+    #: on uploads in the order they arrive, and a round closes on a quorum of finished clients or a deadline.
+    asynchronous: bool = False
+    quorum: int = Field(0, ge=0)  # clients that must finish their epoch to close an asynchronous round; 0: every live client
+    round_deadline: float = Field(0.0, ge=0, allow_inf_nan=False)  # seconds (virtual units under virtual-clock) from a round's start; 0: none
+    max_staleness: int = Field(0, ge=0)  # batches a client may run ahead of the slowest one still training; 0: no bound
+    virtual_clock: bool = False  # arrival order from the declared slowdowns, not from wall time (reproducible)
     keep_rounds: str = ""  # "1,5,10" or "all": rounds whose checkpoints are never pruned (flsplit leak)
     tensorboard: bool = False
     progress: Literal["auto", "on", "off"] = "auto"  # lines inside a round (flsplit.progress)
@@ -232,12 +239,27 @@ class RunConfig(BaseModel):
                 f"aggregate-clients = true means client-sync = \"average\", but client-sync is \"{self.client_sync}\"; "
                 "drop aggregate-clients (the old spelling) and set client-sync alone"
             )
+        self._check_asynchrony()
         if self.client_sync == "relay" and self.serve_order == "interleaved":
             raise ValueError(
                 'client-sync = "relay" hands one slice from client to client, so it needs sequential serving: '
                 'set serve-order to "sequential" or "shuffled" (or leave it empty)'
             )
         return self
+
+    def _check_asynchrony(self) -> None:
+        """The asynchronous keys shape an asynchronous round only, and it serves every client at once."""
+        shaping = {"quorum": self.quorum, "round-deadline": self.round_deadline, "max-staleness": self.max_staleness, "virtual-clock": self.virtual_clock}
+        set_alone = [key for key, value in shaping.items() if value]
+        if set_alone and not self.asynchronous:
+            raise ValueError(f"{', '.join(set_alone)}: shape an asynchronous round only; set asynchronous = true, or leave them at their defaults")
+        if self.asynchronous and self.serve_order in ("sequential", "shuffled"):
+            raise ValueError(
+                f'asynchronous = true serves every client at once, in arrival order, but serve-order is "{self.serve_order}"; '
+                'leave serve-order empty (or "interleaved"), or set asynchronous = false'
+            )
+        if self.asynchronous and self.client_sync == "relay":
+            raise ValueError('asynchronous = true cannot relay one slice from client to client (client-sync = "relay"); use "none" or "average"')
 
     @property
     def data_seed(self) -> int:

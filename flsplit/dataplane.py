@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import select
 import socket
 import ssl
 import tempfile
@@ -93,6 +94,12 @@ class Connection:
             raise PayloadError(f"frame: expected a packet, got {frame.type.name}")
         # As on the message path: a packet without tensors (a bare request, a "done") has no specs to meet.
         return decode_packet(frame, specs if frame.header.get("tensors") else [], same_batch, wire_dtype), frame
+
+    def readable(self) -> bool:
+        """Whether a frame (or the peer's end of the stream) waits to be read: ``receive`` would not block."""
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True  # decrypted bytes already in the TLS layer's buffer, which select cannot see
+        return bool(select.select([self.sock], [], [], 0)[0])
 
     def finish(self) -> None:
         """End the stream after our last frame: wait for the peer to close first, then close.

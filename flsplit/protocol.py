@@ -90,6 +90,7 @@ class HelloReply(Record):
     threads: int
     cut_blocks: int | None = None  # its own cut (node config, or ``cuts``); None: an older client, the run's
     activation_shape: str | None = None  # "16,32,32": what its slice outputs at that cut, checked by the server
+    slowdown: float = 1.0  # a simulated slow device: its compute takes this many times as long (flsplit.slowdown)
     worker_cpus: float | None = None  # in simulation: what Ray reserved for it
     worker_gpus: float | None = None
     python_executable: str = ""
@@ -125,9 +126,17 @@ class UploadTimings(Record):
     handler_s: float  # from the request's arrival to the upload's
     peak_rss_mb: float  # the whole process's resident peak
     round_batches: int | None = None  # batches trained so far this round (the server's progress lines)
+    slowdown_s: float = 0.0  # slept to simulate a slow device (flsplit.slowdown), not compute
     memory_peak_bytes: int | None = None  # set on the run's first ``memory-probe`` uploads (flsplit.memory)
     memory_saved_bytes: int | None = None
     memory_cuda_peak_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class CloseRound(Record):
+    """Set on an asynchronous round's last request to a client still training: stop, and reply "done" at once."""
+
+    close_round: bool = False
 
 
 @dataclass(frozen=True)

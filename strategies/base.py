@@ -335,6 +335,11 @@ class SplitStrategy:
     #: Whether clients upload cut-layer activations (and labels); ``fedavg``'s do not, so it
     #: refuses the privacy defences' keys (``flsplit.privacy.defences``).
     uploads_activations: bool = True
+    #: Whether ``asynchronous = true`` may serve it (``apps.async_rounds``): its server never
+    #: answers an upload, so it can take uploads in arrival order, and a partial epoch is a
+    #: valid round for its clients. DSL opts in; its variants that answer (FSL-SAGE's
+    #: alignment, hybrid's gradients, U-shaped heads) or skip uploads (CSE-FSL) do not.
+    serves_asynchronously: bool = False
     #: The strategy's own run-config keys, if it has any (``config.params`` at run time).
     params: type[StrategyParams] | None = None
     client: type[ClientHalf]
@@ -478,6 +483,11 @@ def parse_config(raw: Mapping[str, Any], from_flower: bool = False) -> RunConfig
     if not strategy.uploads_activations:
         refuse_without_activations(config, config.strategy)
     strategy.check_cuts(config, config.declared_cut_blocks)
+    if config.asynchronous and not strategy.serves_asynchronously:
+        raise ConfigError(
+            f"invalid run config:\n  - asynchronous: strategy '{config.strategy}' cannot be served asynchronously "
+            "(its server answers uploads, or its clients skip them); use strategy = \"dsl\", or set asynchronous = false"
+        )
     return config
 
 

@@ -82,5 +82,6 @@ class DSL(SplitStrategy):
     name = "dsl"
     mixes_cuts = True
     uses_aux_head = True
+    serves_asynchronously = True
     client = DSLClient
     server = DSLServer

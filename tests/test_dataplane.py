@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from dataclasses import replace
 
 import pytest
@@ -141,3 +142,30 @@ def test_a_spec_mismatch_on_the_stream_raises_the_payload_error() -> None:
         client.send(Packet.upload(torch.randn(2, *SHAPE), torch.tensor([0, 11])))
         with pytest.raises(PayloadError, match="label values"):
             upstream.receive([TensorSpec("activations", "z", torch.float32, (None, *SHAPE)), TensorSpec("labels", "y", torch.int64, (None,), 10)])
+
+
+@pytest.mark.parametrize("tls", [True, False])
+def test_readable_says_whether_a_frame_waits_without_blocking(tls: bool) -> None:
+    # (asynchronous rounds poll every client's stream with it: apps.async_rounds)
+    with DataPlaneServer(tls=tls) as server:
+        # Prepare
+        client = _dial(server.ticket(node_id=7, round_number=1), 7)
+        upstream = server.connection(7, timeout_s=5)
+        assert not upstream.readable()
+        # Execute: two frames in one go, so that TLS may decrypt both into its own buffer at the first read
+        client.send(Packet(info={"first": True}))
+        client.send(Packet(info={"second": True}))
+        deadline = time.monotonic() + 5
+        while not upstream.readable():
+            assert time.monotonic() < deadline, "a frame was sent, but readable() never said so"
+            time.sleep(0.01)
+        first, _ = upstream.receive([])
+        # Assert: the second frame is still seen as waiting, wherever it is buffered
+        assert first.info == {"first": True}
+        while not upstream.readable():
+            assert time.monotonic() < deadline, "the second frame was not seen"
+            time.sleep(0.01)
+        second, _ = upstream.receive([])
+        assert second.info == {"second": True} and not upstream.readable()
+        client.close()
+        upstream.close()

@@ -35,6 +35,11 @@ class PartitionLoader:
         """Number of batches in one pass over the partition (the last one may be short)."""
         return -(-len(self.labels) // self.batch_size)
 
+    def samples_in(self, first_step: int, end_step: int) -> int:
+        """How many samples batches ``first_step`` up to (not including) ``end_step`` hold (an epoch's last batch may be short)."""
+        per_epoch, last = self.batches_per_epoch, len(self.labels) - (self.batches_per_epoch - 1) * self.batch_size
+        return sum(last if step % per_epoch == per_epoch - 1 else self.batch_size for step in range(first_step, end_step))
+
     def _epoch_order(self, epoch: int) -> np.ndarray:
         if self._order is None or self._order[0] != epoch:
             rng = np.random.default_rng([self.seed, self.partition_id, epoch])
