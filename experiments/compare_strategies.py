@@ -139,11 +139,13 @@ def run_method(
     clients: int,
     workdir: Path,
     on_round: Callable[[list[dict[str, Any]]], None] | None = None,
+    ray_cpus: int | None = None,
 ) -> list[dict[str, Any]]:
     """``flwr run`` one configuration to its last round, resuming from its checkpoint if it has one.
 
     Prints a line per round as it lands and hands the rounds so far to ``on_round`` (so a
-    partial run's results are kept); returns every round's metrics.
+    partial run's results are kept); returns every round's metrics. ``ray_cpus``: see
+    ``SuperLink.launch`` (every client at once: ``ray_cpus = clients``).
     """
     rounds_wanted = int(keys["num-server-rounds"])
     metrics_path = workdir / name / "metrics.jsonl"
@@ -154,7 +156,7 @@ def run_method(
     keys = keys | {"results-dir": str(workdir.resolve()), "run-name": name, "resume": resume}
     if resume:
         print(f"  [{name}] resuming after round {len(done)}", flush=True)
-    process = link.launch(run_config_text(keys), num_supernodes=clients)
+    process = link.launch(run_config_text(keys), num_supernodes=clients, ray_cpus=ray_cpus)
     tails = [_drain(stream) for stream in (process.stdout, process.stderr)]  # a full pipe would block flwr run
     seen, started = len(done), time.monotonic()
     while True:

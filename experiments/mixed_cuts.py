@@ -4,7 +4,9 @@ Four clients of ResNet-20 on CIFAR-10 (the JPEG quality-75 copy: lossy, so accur
 little below the original's), Dirichlet(1) partitions, DSL with ``client-sync = "average"`` (so
 every run has one global model, ``docs/design.md``, *A cut per node*), and in every run the same
 simulated device speeds: ``slowdowns = "1,1,2,4"`` (partition 3 computes 4x as long: a sleep of
-3x each step's measured compute, so the slow device costs wall time, not the others' CPU).
+3x each step's measured compute, so the slow device costs wall time, not the others' CPU). Ray
+is told of 4 CPUs, so the four clients compute at once, as four devices would, time-sharing
+this machine's cores with each other and the server.
 
 - ``uniform``: every client cuts at ``m`` (block 3).
 - ``mixed``: the fast devices cut deeper (``d``, block 4), the 2x one at ``s`` (block 2), the 4x
@@ -162,7 +164,7 @@ def main() -> None:
                     runs[setup][seed] = rounds
                     write_outputs(runs, args)
 
-                record(run_method(link, name, run_keys(setup, seed, args), 4, args.workdir, on_round=record))
+                record(run_method(link, name, run_keys(setup, seed, args), 4, args.workdir, on_round=record, ray_cpus=4))
     print(write_outputs(runs, args))
 
 

@@ -5,7 +5,10 @@ recompressed as JPEG quality 75, so absolute accuracies sit below the PNG origin
 Dirichlet(1) partition fixed across seeds (``--partition-seed``), ResNet-20 cut ``s``, DSL with
 its own client sync (``--client-sync``), one local epoch per round, the full test split. The
 last client is a simulated slow device (``slowdowns``: it sleeps 3x its measured compute, so it
-takes 4x the wall time without taking CPU from the others; ``flsplit/slowdown.py``). Entries:
+takes 4x the wall time without taking CPU from the others; ``flsplit/slowdown.py``). Ray is told
+of one CPU per client, so every client computes at once, as separate devices would, time-sharing
+this machine's cores (otherwise Ray runs two at a time on 2 cores and a sleeping straggler holds
+one of the two workers). Entries:
 
 - ``sync``: DSL as it is, round-robin; a round ends when the slow client has trained its epoch.
 - ``async``: ``asynchronous = true``, ``quorum = 3``: arrival order, a round closes when three
@@ -233,7 +236,7 @@ def main() -> None:
                     write_outputs(results, settings, args.seeds, args.output)
 
                 print(f"{name}: {args.rounds} rounds", flush=True)
-                keep(run_method(link, name, keys, args.clients, args.workdir, keep))
+                keep(run_method(link, name, keys, args.clients, args.workdir, keep, ray_cpus=args.clients))
     print(write_outputs(results, settings, args.seeds, args.output))
 
 

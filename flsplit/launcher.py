@@ -155,11 +155,19 @@ class SuperLink(_Process):
         if done.returncode != 0:
             raise RuntimeError(f"register failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
 
-    def launch(self, run_config: str, num_supernodes: int = 2, capture: bool = True, cpus_per_client: int = 1) -> subprocess.Popen[str]:
-        """Start ``flwr run --stream`` on the project and return without waiting."""
+    def launch(
+        self, run_config: str, num_supernodes: int = 2, capture: bool = True, cpus_per_client: int = 1, ray_cpus: int | None = None
+    ) -> subprocess.Popen[str]:
+        """Start ``flwr run --stream`` on the project and return without waiting.
+
+        ``ray_cpus`` tells Ray how many CPUs to schedule on (default: the machine's), so that
+        ``ray_cpus / cpus_per_client`` clients run at once: a fleet of devices computing in
+        parallel, time-sharing this machine's cores.
+        """
         argv = [str(BIN / "flwr"), "run", str(PROJECT), "test", "--stream", "--run-config", run_config]
         if self.simulation:
-            argv += ["--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}"]
+            federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}"
+            argv += ["--federation-config", federation + (f" init-args-num-cpus={ray_cpus}" if ray_cpus else "")]
         output = subprocess.PIPE if capture else None
         return subprocess.Popen(argv, env=self.env, cwd=self.home, stdout=output, stderr=output, text=True)
 
