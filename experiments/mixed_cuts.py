@@ -15,7 +15,8 @@ this machine's cores with each other and the server.
 Per run and round it keeps the accuracy, each client's compute, busy time and probed peak
 memory, the round's wall time and its bytes. The summary compares the slowest client's busy time
 per round and the round's wall time (goal: both at least 40 % lower for ``mixed``) and the final
-accuracy (goal: within 2 points). Runs live in ``--workdir`` and resume from their checkpoints;
+accuracy (goal: within 2 points). Times are means over rounds 2 onwards: round 1 also decodes the
+dataset in every fresh Ray worker. Runs live in ``--workdir`` and resume from their checkpoints;
 the results are rewritten after every round, with PARTIAL in the header until every run is done.
 
     python -m experiments.mixed_cuts --data-dir <data-dir> [--seeds 0 1 2] [--rounds 5] [--max-batches 0]
@@ -67,7 +68,8 @@ def summary(runs: dict[str, dict[int, list[dict[str, Any]]]], rounds: int) -> li
             continue
 
         def per_round(key: Any, complete: list[list[dict[str, Any]]] = complete) -> float:
-            return statistics.fmean(statistics.fmean(key(r) for r in run) for run in complete)
+            # Round 1 also decodes the dataset in every fresh Ray worker, so times skip it when there are more.
+            return statistics.fmean(statistics.fmean(key(r) for r in (run[1:] or run)) for run in complete)
 
         accuracies = [100 * run[-1]["test_accuracy"] for run in complete]
         rows.append({
@@ -78,7 +80,7 @@ def summary(runs: dict[str, dict[int, list[dict[str, Any]]]], rounds: int) -> li
             "round wall s (train)": round(per_round(lambda r: r["round_s"]), 1),
             "server s/round": round(per_round(lambda r: r["server_s"]), 1),
             "MB/round": round(per_round(lambda r: (r["bytes_up"] + r["bytes_down"]) / 1e6), 1),
-            "client compute s/round, by partition": [round(statistics.fmean(statistics.fmean(r["per_client_compute_s"][str(p)] for r in run) for run in complete), 1) for p in range(4)],
+            "client compute s/round, by partition": [round(per_round(lambda r, p=p: r["per_client_compute_s"][str(p)]), 1) for p in range(4)],
             "client peak MiB, by partition": [round(max(r["per_client_peak_mb"].get(str(p), 0.0) for run in complete for r in run), 1) for p in range(4)],
         })
     return rows
@@ -133,7 +135,7 @@ def write_outputs(runs: dict[str, dict[int, list[dict[str, Any]]]], args: argpar
     finished = sum(len(run) >= args.rounds for by_seed in runs.values() for run in by_seed.values())
     rows = summary(runs, args.rounds)
     header = "" if finished == planned else f"PARTIAL: {finished} of {planned} runs complete; the same command continues.\n\n"
-    text = header + versus(rows) + "\n" + markdown_table(rows)
+    text = header + versus(rows) + "\n" + (markdown_table(rows) if rows else "(no complete run yet)\n")
     RESULTS.mkdir(exist_ok=True)
     settings = {"slowdowns": SLOWDOWNS, "setups": SETUPS, "rounds": args.rounds, "max_batches": args.max_batches, "seeds": args.seeds}
     payload = {"settings": settings, "partial": finished < planned, "summary": rows,
