@@ -63,7 +63,13 @@ def node_cut(context: Context, config: RunConfig) -> str:
 def as_node_runs_it(context: Context, config: RunConfig) -> RunConfig:
     """The run config with this node's own cut; a cut the model cannot serve is a ``ConfigError`` naming where it came from."""
     source = "node-config cut" if "cut" in context.node_config else "cuts" if config.cuts else "cut"
-    return config.with_cut(node_cut(context, config), source)
+    return _with_cut(config, node_cut(context, config), source)
+
+
+@lru_cache(maxsize=8)
+def _with_cut(config: RunConfig, cut: str, source: str) -> RunConfig:
+    # Every message asks for its node's config: checked and copied once per process, not per message.
+    return config.with_cut(cut, source)
 
 
 def node_slowdown(context: Context, config: RunConfig) -> float:

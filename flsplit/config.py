@@ -214,12 +214,11 @@ class RunConfig(BaseModel):
     @classmethod
     def _valid_slowdowns(cls, value: str) -> str:
         for index, entry in enumerate(_entries(value)):
-            try:
-                factor = float(entry) if entry else 1.0
-            except ValueError:
-                factor = float("nan")
-            if not factor >= 1.0 or factor == float("inf"):
-                raise ValueError(f"entry {index} (partition {index}): {entry!r} is not a factor >= 1 (\"1,1,2,4\": partition 3 computes 4x as long)")
+            if entry:
+                try:
+                    slowdown_factor(entry)
+                except ValueError as err:
+                    raise ValueError(f"entry {index} (partition {index}): {err}") from None
         return value
 
     @field_validator("keep_rounds")
@@ -294,13 +293,11 @@ class RunConfig(BaseModel):
 
     def cut_of(self, partition_id: int) -> str:
         """The cut ``cuts`` gives partition ``partition_id`` in simulation, else the run's ``cut``."""
-        entries = _entries(self.cuts)
-        return entries[partition_id] if partition_id < len(entries) and entries[partition_id] else self.cut
+        return _entry_of(self.cuts, partition_id) or self.cut
 
     def slowdown_of(self, partition_id: int) -> float:
         """The compute slowdown ``slowdowns`` gives partition ``partition_id`` (1: full speed)."""
-        entries = _entries(self.slowdowns)
-        return float(entries[partition_id]) if partition_id < len(entries) and entries[partition_id] else 1.0
+        return float(_entry_of(self.slowdowns, partition_id) or 1.0)
 
     @property
     def declared_cut_blocks(self) -> set[int]:
@@ -353,6 +350,23 @@ class RunConfig(BaseModel):
 def _entries(mapping: str) -> list[str]:
     """The comma-separated entries of a per-partition key, stripped (``"s,,m"``: ``["s", "", "m"]``)."""
     return [entry.strip() for entry in mapping.split(",")] if mapping.strip() else []
+
+
+def _entry_of(mapping: str, partition_id: int) -> str:
+    """Partition ``partition_id``'s entry of a per-partition key; empty when it names none."""
+    entries = _entries(mapping)
+    return entries[partition_id] if partition_id < len(entries) else ""
+
+
+def slowdown_factor(value: object) -> float:
+    """``value`` as a slowdown factor (finite, >= 1); a ``ValueError`` saying what it accepts otherwise."""
+    try:
+        factor = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        factor = float("nan")
+    if not 1.0 <= factor < float("inf"):
+        raise ValueError(f"{value!r} is not a factor >= 1 (1: full speed; \"1,1,2,4\": partition 3 computes 4x as long)")
+    return factor
 
 
 class StrategyParams(BaseModel):

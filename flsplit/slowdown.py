@@ -13,18 +13,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from flsplit.config import ConfigError
+from flsplit.config import ConfigError, slowdown_factor
 
 
 def parse_slowdown(value: object, source: str) -> float:
     """``value`` as a slowdown factor (>= 1); anything else is a ``ConfigError`` naming ``source``."""
     try:
-        factor = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        factor = float("nan")
-    if not 1.0 <= factor < float("inf"):
-        raise ConfigError(f"invalid run config:\n  - {source}: {value!r} is not a factor >= 1 (1: full speed, 4: four times as slow)")
-    return factor
+        return slowdown_factor(value)
+    except ValueError as err:
+        raise ConfigError(f"invalid run config:\n  - {source}: {err}") from None
 
 
 def pad_compute(factor: float, compute_s: float, sleep: Callable[[float], None] = time.sleep) -> float:
