@@ -36,6 +36,7 @@ from experiments.tables import RESULTS, markdown_table
 from flsplit.launcher import SuperLink
 
 NAME = "mixed_cuts"
+WORKDIR = Path.home() / ".cache" / "flsplit" / "campaign" / NAME  # outside the work tree, as the other campaigns'
 SLOWDOWNS = "1,1,2,4"
 #: setup -> (the run's cut: the shallowest, where the server's slice starts; the cut by partition)
 SETUPS = {"uniform": ("m", "m,m,m,m"), "mixed": ("1", "4,4,s,1")}
@@ -155,7 +156,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-batches", type=int, default=0, help="batches per client and round; 0: a whole local epoch")
     parser.add_argument("--eval-samples", type=int, default=0, help="0: the whole test split")
-    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "flsplit-mixed-cuts")
+    parser.add_argument("--workdir", type=Path, default=WORKDIR)
     args = parser.parse_args()
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {setup: {} for setup in SETUPS}
     with tempfile.TemporaryDirectory() as tmp, SuperLink(Path(tmp) / "flwr-home") as link:
