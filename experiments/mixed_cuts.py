@@ -101,7 +101,7 @@ def versus(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(runs: dict[str, dict[int, list[dict[str, Any]]]], path: Path, round_label: str) -> None:
-    """Left: each client's busy time per round (rounds 2 on, as the table); right: test accuracy per round (mean over seeds)."""
+    """Left: each client's busy time per round (rounds 2 on, as the table); right: test accuracy per round (mean over seeds, thick; each seed, thin)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,7 +117,9 @@ def plot(runs: dict[str, dict[int, list[dict[str, Any]]]], path: Path, round_lab
         busy.bar([p + (offset - 0.5) * width for p in range(4)], means, width, label=f"{setup} (cuts {SETUPS[setup][1]})")
         longest = max(len(run) for run in by_seed.values())
         curve = [statistics.fmean(100 * run[i]["test_accuracy"] for run in by_seed.values() if len(run) > i) for i in range(longest)]
-        accuracy.plot(range(1, longest + 1), curve, marker="o", label=setup)
+        line, = accuracy.plot(range(1, longest + 1), curve, marker="o", label=f"{setup} (mean of {len(by_seed)} seeds)")
+        for run in by_seed.values():
+            accuracy.plot(range(1, len(run) + 1), [100 * r["test_accuracy"] for r in run], color=line.get_color(), alpha=0.35, linewidth=0.8)
     busy.set_xticks(range(4), [f"client {p}\nslowdown {s}x" for p, s in enumerate(SLOWDOWNS.split(","))])
     busy.set_ylabel("busy seconds per round (mean)")
     busy.set_title("who holds the round up")
