@@ -47,7 +47,8 @@ class Federation:
         self.link.stop()
 
 
-@pytest.fixture(scope="module", params=["insecure", "tls"])
+# TLS covers the stream on real SuperNodes in CI; the plain-TCP data plane runs in the full suite
+@pytest.fixture(scope="module", params=[pytest.param("insecure", marks=pytest.mark.long), "tls"])
 def federation(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     running = Federation(tmp_path_factory.mktemp(request.param), tls=request.param == "tls")
     try:
@@ -81,6 +82,7 @@ def test_a_decoupled_and_an_averaging_strategy_run_on_the_stream(federation: Fed
         assert all(r["bytes_model_sync"] > 0 for r in rounds)
 
 
+@pytest.mark.long  # CI kills a SuperNode on messages (test_deployment_e2e); this adds the stream
 def test_a_supernode_killed_while_its_round_streams_is_dropped_and_the_run_completes(tmp_path: Path) -> None:
     # Prepare: TLS; the marked plug-in goes slowly from round 2 on and says when each client is in it
     marks = tmp_path / "marks"

@@ -34,7 +34,8 @@ def _learning(rounds: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.endswith(("_s", "_mb")) and not k.startswith(("bytes_", "train_messages"))} for r in rounds]
 
 
-@pytest.mark.parametrize("strategy", ["csl", "dsl", "splitfed-v2"])
+# csl covers the stream in CI; dsl and splitfed-v2 run in the full suite
+@pytest.mark.parametrize("strategy", ["csl", pytest.param("dsl", marks=pytest.mark.long), pytest.param("splitfed-v2", marks=pytest.mark.long)])
 def test_same_seed_gives_identical_metrics_on_both_transports(superlink: SuperLink, tmp_path: Path, strategy: str) -> None:
     # Execute
     messages = _run(superlink, tmp_path, "messages", strategy=f"'{strategy}'", transport="'messages'")
@@ -59,6 +60,7 @@ def test_a_client_failing_mid_round_on_the_stream_is_recorded_and_the_round_comp
     assert rounds[2]["bytes_up_activations"] == rounds[0]["bytes_up_activations"]  # both clients again
 
 
+@pytest.mark.long  # CI resumes on messages (test_reliability_e2e); this adds the stream
 def test_a_stream_run_killed_after_a_round_and_resumed_equals_an_uninterrupted_one(superlink: SuperLink, tmp_path: Path) -> None:
     # Prepare: the reference, uninterrupted; then the same run on a SuperLink of its own, killed after round 1
     stream = {"strategy": "'csl'", "transport": "'stream'", "num-server-rounds": 3}

@@ -16,7 +16,7 @@ Z1_BATCH = 16 * 16 * 32 * 32 * 4  # one batch of z1 at resnet20's cut s (as test
 Z2_BATCH = 16 * 64 * 8 * 8 * 4  # one batch of z2: the last block's output, the classifier's input
 
 
-@pytest.mark.parametrize("strategy", ["csl-u", "dsl-u"])
+@pytest.mark.parametrize("strategy", ["csl-u", pytest.param("dsl-u", marks=pytest.mark.long)])  # csl-u covers the topology in CI
 def test_u_shaped_runs_on_both_transports_with_no_label_on_the_wire(superlink: SuperLink, tmp_path: Path, strategy: str) -> None:
     # Execute
     messages = _run(superlink, tmp_path, "messages", strategy=f"'{strategy}'", transport="'messages'")
