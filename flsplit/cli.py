@@ -130,8 +130,7 @@ def _leak(args: argparse.Namespace) -> int:
             print(f"flsplit leak: {err}", file=sys.stderr)
             return 2
         results.append(result)
-        white_box = result["reconstruction"]["white-box"]["train"]
-        print(f"{run_dir}: round {result['round']}, white-box PSNR {white_box['psnr']:.1f} dB, SSIM {white_box['ssim']:.3f}; {Path(run_dir) / privacy.LEAK_MD}")
+        print(f"{run_dir}: {privacy.leak_summary(result)}; {Path(run_dir) / privacy.LEAK_MD}")
     if args.plot:
         print(f"{len(results)} runs: {privacy.plot_leakage(results, args.plot)}")
     return 0

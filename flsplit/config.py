@@ -108,6 +108,7 @@ class RunConfig(BaseModel):
     nopeek_weight: float = Field(0.0, ge=0, allow_inf_nan=False)  # α: weight of NoPeek's dCor(x, z) in the client's loss
     label_dp: Literal["off", "rr"] = "off"  # rr: uploaded labels by k-ary randomised response
     label_dp_epsilon: float = Field(1.0, allow_inf_nan=False)  # ε of label-dp (> 0)
+    gradient_noise: float = Field(0.0, ge=0, allow_inf_nan=False)  # σ: Gaussian noise of σ·std(g) on uploaded gradients (U-shaped dL/dz2)
     #: The strategy's own settings (``SplitStrategy.params``), validated from its keys.
     params: Any = Field(default=None, exclude=True)
 

@@ -33,7 +33,7 @@ from flsplit.config import ConfigError, RunConfig, StrategyParams, parse_run_con
 from flsplit.data import PartitionLoader
 from flsplit.device import Placement, device_of, host_optimizer_steps
 from flsplit.metering import Stopwatch
-from flsplit.privacy.defences import refuse_without_activations
+from flsplit.privacy.defences import refuse_idle_defences
 from flsplit.split import build_halves
 from flsplit.wire import Packet, PayloadError, TensorSpec, all_finite, upload_specs
 
@@ -333,7 +333,7 @@ class SplitStrategy:
     #: slice then serves every depth (``ServerHalf.entry``) and averaging is layer-wise.
     mixes_cuts: bool = False
     #: Whether clients upload cut-layer activations (and labels); ``fedavg``'s do not, so it
-    #: refuses the privacy defences' keys (``flsplit.privacy.defences``).
+    #: refuses the privacy defences' keys (``flsplit.privacy.defences.refuse_idle_defences``).
     uploads_activations: bool = True
     #: Whether ``asynchronous = true`` may serve it (``apps.async_rounds``): its server never
     #: answers an upload, so it can take uploads in arrival order, and a partial epoch is a
@@ -480,8 +480,7 @@ def parse_config(raw: Mapping[str, Any], from_flower: bool = False) -> RunConfig
             error = str(err).removeprefix("strategy: ")  # joins the report as the strategy key's problem
     config = parse_run_config(raw, strategies=params, declared=raw if from_flower else (), strategy_error=error)
     strategy = get_strategy(config.strategy)
-    if not strategy.uploads_activations:
-        refuse_without_activations(config, config.strategy)
+    refuse_idle_defences(config, config.strategy, strategy.uploads_activations, strategy.topology == "u-shaped")
     strategy.check_cuts(config, config.declared_cut_blocks)
     if config.asynchronous and not strategy.serves_asynchronously:
         raise ConfigError(

@@ -27,6 +27,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from flsplit.config import RunConfig, StrategyParams
+from flsplit.privacy.defences import nopeek_loss
 from flsplit.privacy.gradient_record import GradientRecorder
 from flsplit.split import build_u_slices, head_input_shape, resolve_head_cut
 from flsplit.wire import Packet, PayloadError, TensorSpec, gradient_specs
@@ -142,9 +143,10 @@ class DSLUClient(USplitClient):
         with client.watch.time("fwd"), client.placement.autocast():
             z1 = client.bottom(x)
             loss = F.cross_entropy(client.aux(z1), y)
+            penalty = nopeek_loss(self.config, x, z1)  # NoPeek, if on (computed outside autocast)
         with client.watch.time("bwd"):
             client.optimizer.zero_grad(set_to_none=True)
-            client.step(loss)
+            client.step(loss if penalty is None else loss + penalty)
         hold_pending(client, step, z1.detach(), y)  # for the labels only: no gradient comes back
         return z1, {"aux_loss_sum": loss.item() * len(y)}
 

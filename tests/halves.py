@@ -7,6 +7,8 @@ deterministic.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from torch import nn
 
@@ -18,8 +20,23 @@ from flsplit.protocol import RoundTag
 from flsplit.split import activation_shape
 from flsplit.wire import Packet, TensorSpec, decode, encode
 from strategies import ClientHalf, ClientSlice, ServerHalf, SplitStrategy, get_strategy, parse_config
+from apps.client_app import _train_once
 
 BIG = 1 << 30
+
+
+class ThroughClientApp(ClientHalf):
+    """A strategy's client half as the ClientApp runs it: ``train`` and then the defences."""
+
+    def __init__(self, half: ClientHalf) -> None:
+        super().__init__(half.config)
+        self.half = half
+
+    def train(self, request: Packet, client: ClientSlice, max_bytes: int) -> Packet:
+        return _train_once(self.half, request, client, self.config, time.perf_counter())
+
+    def request_specs(self, client: ClientSlice, activation_shape: tuple[int, int, int]) -> list[TensorSpec]:
+        return self.half.request_specs(client, activation_shape)
 
 
 def make_config(**overrides: object) -> RunConfig:

@@ -7,7 +7,6 @@ where noise and label DP are applied) and the real codec, so what is asserted is
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
@@ -16,29 +15,13 @@ from flsplit.config import ConfigError
 from flsplit.ledger import Ledger
 from flsplit.privacy.dcor import distance_correlation
 from flsplit.privacy.defences import generator, keep_probability, nopeek_loss, randomised_labels
-from flsplit.split import build_halves
-from flsplit.wire import Packet, TensorSpec, encode
-from tests.halves import drive_round, make_client, make_config, make_server
-from strategies import ClientHalf, ClientSlice, get_strategy
-from apps.client_app import _train_once
+from flsplit.wire import Packet, encode
+from tests.halves import ThroughClientApp, drive_round, make_client, make_config, make_server
+from strategies import ClientSlice, get_strategy
 
 #: Every batch uploaded (cse-fsl, fsl-sage), a short alignment, no memory probe: small and fast.
 FAST = {"memory-probe": 0, "upload-every": 1, "align-epochs": 1}
 SPLIT_STRATEGIES = ["csl", "dsl", "hybrid", "splitfed-v1", "splitfed-v2", "cse-fsl", "fsl-sage"]
-
-
-class ThroughClientApp(ClientHalf):
-    """A strategy's client half as the ClientApp runs it: ``train`` and then the defences."""
-
-    def __init__(self, half: ClientHalf) -> None:
-        super().__init__(half.config)
-        self.half = half
-
-    def train(self, request: Packet, client: ClientSlice, max_bytes: int) -> Packet:
-        return _train_once(self.half, request, client, self.config, time.perf_counter())
-
-    def download_specs(self, activation_shape: tuple[int, int, int]) -> list[TensorSpec]:
-        return self.half.download_specs(activation_shape)
 
 
 def _uploads(strategy: str, steps: int = 3, **keys: object) -> tuple[list[Packet], ClientSlice]:
@@ -46,7 +29,7 @@ def _uploads(strategy: str, steps: int = 3, **keys: object) -> tuple[list[Packet
     config = make_config(strategy=strategy, **FAST | keys)
     client = make_client(config, strategy, steps=steps)
     half = ThroughClientApp(get_strategy(strategy).client(config))
-    _, uploads = drive_round(half, make_server(config, strategy, build_halves(config)[1]), client)
+    _, uploads = drive_round(half, make_server(config, strategy, get_strategy(strategy).server_slice(config)), client)
     return [u for u in uploads if u.tensors], client
 
 
@@ -65,6 +48,7 @@ def _ledger_bytes(uploads: list[Packet]) -> dict[str, int]:
         ("label-dp-epsilon", 0.0, 'label-dp-epsilon: must be > 0 .*set label-dp = "off"'),
         ("label-dp-epsilon", math.inf, "label-dp-epsilon: Input should be a finite number"),
         ("label-dp", "laplace", "label-dp: Input should be 'off' or 'rr'"),
+        ("gradient-noise", -0.5, "gradient-noise: Input should be greater than or equal to 0"),
     ],
 )
 def test_bad_defence_settings_are_refused_naming_the_key(key: str, value: object, message: str) -> None:
@@ -75,12 +59,45 @@ def test_bad_defence_settings_are_refused_naming_the_key(key: str, value: object
 def test_fedavg_refuses_every_defence_it_would_silently_ignore() -> None:
     # Execute
     with pytest.raises(ConfigError) as refused:
-        make_config(strategy="fedavg", **{"activation-noise": 0.1, "nopeek-weight": 0.5, "label-dp": "rr"})
+        make_config(strategy="fedavg", **{"activation-noise": 0.1, "nopeek-weight": 0.5, "label-dp": "rr", "gradient-noise": 1.0})
     # Assert: one line per key, and fedavg with the defaults still runs
     lines = str(refused.value).splitlines()[1:]
-    assert [line.split(":")[0].strip(" -") for line in lines] == ["activation-noise", "nopeek-weight", "label-dp"]
+    assert [line.split(":")[0].strip(" -") for line in lines] == ["activation-noise", "nopeek-weight", "label-dp", "gradient-noise"]
     assert all("uploads no activations" in line for line in lines)
     assert make_config(strategy="fedavg").activation_noise == 0
+
+
+@pytest.mark.parametrize(
+    ("strategy", "key", "value", "message"),
+    [
+        ("csl-u", "label-dp", "rr", "label-dp: strategy 'csl-u' keeps its labels on the client.*set gradient-noise"),
+        ("dsl-u", "label-dp", "rr", "label-dp: strategy 'dsl-u' keeps its labels on the client"),
+        ("csl", "gradient-noise", 0.5, "gradient-noise: strategy 'csl' uploads no gradients.*U-shaped strategies"),
+        ("dsl", "gradient-noise", 0.5, "gradient-noise: strategy 'dsl' uploads no gradients"),
+    ],
+)
+def test_a_defence_of_what_a_topology_never_uploads_is_refused_naming_the_one_that_fits(
+    strategy: str, key: str, value: object, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_config(strategy=strategy, **{key: value})
+
+
+@pytest.mark.parametrize("strategy", ["csl-u", "dsl-u"])
+def test_gradient_noise_changes_the_returned_dz2_by_sigma_std_g_and_nothing_else(strategy: str) -> None:
+    # Prepare
+    sigma = 2.0
+    # Execute: the same round without and with noise
+    clean, _ = _uploads(strategy, steps=2)
+    noisy, _ = _uploads(strategy, steps=2, **{"gradient-noise": sigma})
+    # Assert: z1 then dL/dz2 per batch; the first z1 and the first dL/dz2 left before anything
+    # trained, so the gradient's difference is the noise alone, of std sigma x std(g)
+    assert [sorted(u.tensors) for u in noisy] == [["activations"], ["gradients"]] * 2
+    assert torch.equal(clean[0].activations, noisy[0].activations)
+    g_clean, g_noisy = clean[1].gradients, noisy[1].gradients
+    assert float((g_noisy - g_clean).std() / g_clean.std()) == pytest.approx(sigma, rel=0.05)
+    assert g_noisy.dtype == g_clean.dtype and g_noisy.shape == g_clean.shape
+    assert _ledger_bytes(noisy) == _ledger_bytes(clean)
 
 
 @pytest.mark.parametrize("strategy", SPLIT_STRATEGIES)
@@ -156,7 +173,7 @@ def test_label_dp_sends_randomised_labels_and_off_sends_the_true_ones(strategy: 
     assert bool(((y_sent >= 0) & (y_sent < 10)).all())
 
 
-@pytest.mark.parametrize("strategy", ["csl", "dsl", "hybrid", "fsl-sage"])
+@pytest.mark.parametrize("strategy", ["csl", "dsl", "hybrid", "fsl-sage", "csl-u", "dsl-u"])
 def test_nopeek_adds_alpha_times_the_gradient_of_dcor_to_the_clients_first_step(strategy: str) -> None:
     # Prepare: one batch without and with NoPeek; the server's reply to it (if any) is the same
     # in both, as the first upload leaves before anything trains
@@ -167,7 +184,7 @@ def test_nopeek_adds_alpha_times_the_gradient_of_dcor_to_the_clients_first_step(
         client = make_client(config, strategy, steps=1)
         before = {k: p.detach().clone() for k, p in client.bottom.named_parameters()}
         # Execute
-        drive_round(get_strategy(strategy).client(config), make_server(config, strategy, build_halves(config)[1]), client)
+        drive_round(get_strategy(strategy).client(config), make_server(config, strategy, get_strategy(strategy).server_slice(config)), client)
         moved[weight] = {k: p.detach() - before[k] for k, p in client.bottom.named_parameters()}
     # Assert: SGD's first step is -lr * gradient, so the difference is -lr * alpha * d dCor(x, bottom(x)) / d theta
     reference = make_client(config, strategy, steps=1).bottom

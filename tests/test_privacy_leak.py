@@ -15,7 +15,7 @@ from flsplit.ledger import Ledger
 from flsplit.privacy.gradient_leakage import direction_attack, norm_attack
 from flsplit.privacy.gradient_record import gradient_record_path
 from flsplit.results import ResultsWriter
-from tests.halves import drive_round, make_client, make_config
+from tests.halves import ThroughClientApp, drive_round, make_client, make_config
 from strategies import get_strategy
 from apps import client_state, server_app
 
@@ -51,8 +51,12 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def u_shaped_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A csl-u run after one kept round of three batches: checkpoints, and the dL/dz2 its server recorded of two."""
-    tmp_path = tmp_path_factory.mktemp("leak-u")
-    config = make_config(**{"strategy": "csl-u", "cut": 1, "keep-rounds": "1", "record-gradient-batches": 2, "run-name": "tiny-u"})
+    return _attacked_u_shaped_run(tmp_path_factory.mktemp("leak-u"))
+
+
+def _attacked_u_shaped_run(tmp_path: Path, **keys: object) -> Path:
+    """``u_shaped_run`` with run-config ``keys`` added, attacked by ``flsplit leak``."""
+    config = make_config(**{"strategy": "csl-u", "cut": 1, "keep-rounds": "1", "record-gradient-batches": 2, "run-name": "tiny-u"} | keys)
     strategy = get_strategy("csl-u")
     writer = ResultsWriter(str(tmp_path), "tiny-u")
     writer.write_config(config.as_run_config() | {"num_clients": 4, "topology": "u-shaped"})
@@ -61,7 +65,7 @@ def u_shaped_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     context = _context(writer.dir / "clients")
     client = make_client(config, strategy, steps=3)
     client.loader = client_state.client_loader(context, config)  # partition 0 of 4, as a ClientApp reads it
-    drive_round(strategy.client(config), server, client)
+    drive_round(ThroughClientApp(strategy.client(config)), server, client)  # the ClientApp's path, with its defences
     server.end_round(1, None)
     server_app._checkpoint(writer, server, Ledger(), None, 1, [])
     client_state.write_checkpoint(context, config, client, 1)
@@ -153,6 +157,21 @@ def test_flsplit_leak_on_a_u_shaped_run_reports_the_leak_auc_of_the_gradients_th
     assert math.isfinite(result["dcor"]["train"]) and (u_shaped_run / "leak_reconstruction.png").exists()
     markdown = (u_shaped_run / "leak.md").read_text()
     assert "honest-but-curious server, gradients it received" in markdown and "reference samples" in markdown
+
+
+def test_gradient_noise_brings_the_direction_attack_to_chance_and_the_report_names_it(
+    u_shaped_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute: the same run with noise of 30 std(g) on every dL/dz2 its client returns
+    noisy_run = _attacked_u_shaped_run(tmp_path, **{"gradient-noise": 30.0})
+    # Assert: the clean run's direction attack recovers the labels, the noisy one's is near chance
+    clean, noisy = (json.loads((run / "leak.json").read_text()) for run in (u_shaped_run, noisy_run))
+    assert clean["defences"] == {} and noisy["defences"] == {"gradient-noise": 30.0}
+    assert clean["gradient_label_leakage"]["direction"]["mean"] > 0.9
+    assert abs(noisy["gradient_label_leakage"]["direction"]["mean"] - 0.5) < 0.15
+    assert "defences: gradient-noise 30.0" in (noisy_run / "leak.md").read_text()
+    printed = capsys.readouterr().out  # flsplit leak's line for the run
+    assert "defences: gradient-noise 30.0" in printed and "dL/dz2 leak AUC: direction" in printed
 
 
 def test_the_leak_auc_is_scored_against_the_labels_of_the_batches_the_client_trained_on(u_shaped_run: Path) -> None:

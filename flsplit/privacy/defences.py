@@ -10,8 +10,11 @@
 - ``label-dp = "rr"`` with ``label-dp-epsilon`` (ε): k-ary randomised response on the labels
   that go up (Warner 1965; ε-label-DP as in Ghazi et al., 2021). The client's own losses keep
   the true labels.
+- ``gradient-noise`` (σ), U-shaped splits: the ``dL/dz2`` a client's head returns carries
+  Gaussian noise of ``σ·std(g)``, the isotropic-noise defence Li et al. (ICLR 2022) measure their
+  norm and direction attacks against. The server trains its middle on the noisy gradient.
 
-Noise and labels are drawn from ``(seed, partition, step)``, ``step`` being the client's next
+Noises and labels are drawn from ``(seed, partition, step)``, ``step`` being the client's next
 batch when the upload leaves, so a rerun, or a message replayed in another process, uploads
 the same values. They apply to training uploads; the test split's activations and labels
 go up clean for evaluation (``apps.client_app``).
@@ -28,25 +31,41 @@ from flsplit.config import ConfigError, RunConfig
 from flsplit.privacy.dcor import distance_correlation
 from flsplit.wire import Packet
 
-#: Keeps the noise and the labels' draws apart when they share a (seed, partition, step).
-_NOISE_STREAM, _LABEL_STREAM = 1, 2
+#: Keeps the draws apart when they share a (seed, partition, step).
+_NOISE_STREAM, _LABEL_STREAM, _GRADIENT_STREAM = 1, 2, 3
 
 
-def refuse_without_activations(config: RunConfig, strategy: str) -> None:
-    """Refuse a defence ``strategy`` would silently ignore, since its clients upload no activations or labels."""
+def refuse_idle_defences(config: RunConfig, strategy: str, uploads_activations: bool, u_shaped: bool) -> None:
+    """Refuse a defence ``strategy`` would silently ignore, since what it protects never goes up."""
     on = {
         "activation-noise": config.activation_noise > 0,
         "nopeek-weight": config.nopeek_weight > 0,
         "label-dp": config.label_dp != "off",
+        "gradient-noise": config.gradient_noise > 0,
     }
-    problems = [
-        f"  - {key}: strategy '{strategy}' uploads no activations or labels, so there is nothing to defend; "
-        "leave it at its default, or choose a split strategy"
-        for key, set_ in on.items()
-        if set_
-    ]
+    if not uploads_activations:
+        why = dict.fromkeys(on, "uploads no activations or labels, so there is nothing to defend; leave it at its default, or choose a split strategy")
+    elif u_shaped:
+        why = {"label-dp": "keeps its labels on the client, so none goes up to randomise; against label leakage "
+                           "through the dL/dz2 it returns set gradient-noise"}
+    else:
+        why = {"gradient-noise": "uploads no gradients (its server computes them); gradient-noise is for the "
+                                 "U-shaped strategies (csl-u, dsl-u), whose heads return dL/dz2"}
+    problems = [f"  - {key}: strategy '{strategy}' {why[key]}" for key, set_ in on.items() if set_ and key in why]
     if problems:
         raise ConfigError("invalid run config:\n" + "\n".join(problems))
+
+
+def defences_of(config: RunConfig) -> dict[str, float | str]:
+    """The defences a run had on, by key (empty: none), for reports that set runs side by side."""
+    on: dict[str, float | str] = {
+        "activation-noise": config.activation_noise,
+        "nopeek-weight": config.nopeek_weight,
+        "gradient-noise": config.gradient_noise,
+    }
+    if config.label_dp != "off":
+        on |= {"label-dp": config.label_dp, "label-dp-epsilon": config.label_dp_epsilon}
+    return {key: value for key, value in on.items() if value}
 
 
 def generator(seed: int, partition: int, step: int, stream: int) -> torch.Generator:
@@ -55,7 +74,7 @@ def generator(seed: int, partition: int, step: int, stream: int) -> torch.Genera
     return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
 
 
-def noisy_activations(z: torch.Tensor, sigma: float, rng: torch.Generator) -> torch.Tensor:
+def with_relative_noise(z: torch.Tensor, sigma: float, rng: torch.Generator) -> torch.Tensor:
     """``z + σ·std(z)·ε``, ε ~ N(0, 1) drawn on the CPU, in ``z``'s dtype (so the bytes sent do not change)."""
     noise = torch.randn(z.shape, generator=rng).to(z.device)
     return (z.float() + sigma * z.float().std() * noise).to(z.dtype)
@@ -74,10 +93,13 @@ def randomised_labels(y: torch.Tensor, epsilon: float, num_classes: int, rng: to
 
 
 def defend_upload(upload: Packet, config: RunConfig, partition: int, step: int) -> Packet:
-    """Apply ``activation-noise`` and ``label-dp`` to a training upload, in place; returns it."""
+    """Apply ``activation-noise``, ``label-dp`` and ``gradient-noise`` to a training upload, in place; returns it."""
     if "activations" in upload.tensors and config.activation_noise > 0:
         rng = generator(config.seed, partition, step, _NOISE_STREAM)
-        upload.activations = noisy_activations(upload.activations, config.activation_noise, rng)
+        upload.activations = with_relative_noise(upload.activations, config.activation_noise, rng)
+    if "gradients" in upload.tensors and config.gradient_noise > 0:
+        rng = generator(config.seed, partition, step, _GRADIENT_STREAM)
+        upload.gradients = with_relative_noise(upload.gradients, config.gradient_noise, rng)
     if "labels" in upload.tensors and config.label_dp == "rr":
         rng = generator(config.seed, partition, step, _LABEL_STREAM)
         # Written through ``tensors``: ``Packet.labels`` has no setter, as only this defence may change them.

@@ -28,6 +28,7 @@ from flsplit.markdown import markdown_table
 from flsplit.privacy.attack_data import AttackData, attack_data
 from flsplit.privacy.attacked_run import AttackedRun, open_run
 from flsplit.privacy.dcor import batched_distance_correlation
+from flsplit.privacy.defences import defences_of
 from flsplit.privacy.gradient_leakage import LeakAUC, direction_attack, norm_attack
 from flsplit.privacy.gradient_record import gradient_record_path
 from flsplit.privacy.inversion import reconstruct, save_grid, score_reconstructions, train_decoder
@@ -216,6 +217,7 @@ def _header(run: AttackedRun, sets: AttackData, options: LeakOptions) -> dict[st
         "cut_blocks": run.config.cut_blocks,
         "dataset": run.config.dataset,
         "client_sync": recorded.get("client_sync", ""),
+        "defences": defences_of(run.config),
         "test_accuracy": accuracy,
         "data": sets.description,
         "knowledge": {k: KNOWLEDGE[k] for k in ATTACKERS[run.topology]},
@@ -240,7 +242,8 @@ def leak_markdown(result: dict[str, Any]) -> str:
         "",
         f"{result['strategy']}, {result['model']} cut `{result['cut']}` ({result['cut_blocks']} blocks on the client), "
         f"{result['dataset']}; client {result['partition']}; test accuracy at this round "
-        f"{'-' if accuracy is None else f'{100 * accuracy:.1f} %'}. Threat model and meanings: docs/privacy.md.",
+        f"{'-' if accuracy is None else f'{100 * accuracy:.1f} %'}; defences: {_defences_text(result)}. "
+        "Threat model and meanings: docs/privacy.md.",
         "",
         *(f"- {name}: {text}" for name, text in result["data"].items()),
         "",
@@ -279,6 +282,26 @@ def leak_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _defences_text(result: dict[str, Any]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in result.get("defences", {}).items()) or "none"
+
+
+def leak_summary(result: dict[str, Any]) -> str:
+    """One line per run for the terminal: the headline of each attack on the client's own images."""
+    white_box = result["reconstruction"]["white-box"]["train"]
+    probe = result["label_inference"]["white-box"]["train"]
+    parts = [
+        f"round {result['round']}, defences: {_defences_text(result)}",
+        f"white-box PSNR {white_box['psnr']:.1f} dB, SSIM {white_box['ssim']:.3f}",
+        f"label probe {100 * probe['probe_accuracy']:.1f} % (chance {100 * probe['chance']:.0f} %)",
+        f"dCor {result['dcor']['train']:.3f}",
+    ]
+    gradients = result["gradient_label_leakage"]
+    if gradients["measured"]:
+        parts.append(f"dL/dz2 leak AUC: direction {gradients['direction']['mean']:.3f}, norm best {gradients['norm']['best']:.3f}")
+    return "; ".join(parts)
+
+
 def _gradient_lines(found: dict[str, Any]) -> list[str]:
     """The gradient attacks' section of ``leak.md``: leak AUC per attack and class, and the references."""
     if not found["measured"]:
@@ -301,14 +324,20 @@ def _gradient_lines(found: dict[str, Any]) -> list[str]:
 
 
 def plot_leakage(results: list[dict[str, Any]], path: str | Path) -> Path:
-    """Test accuracy against white-box reconstruction PSNR and label-probe accuracy, one point per run."""
+    """Test accuracy against white-box reconstruction PSNR and label-probe accuracy, one point per run,
+    and against the direction attack's leak AUC on ``dL/dz2`` when a U-shaped run is among them."""
     path = Path(path)
-    figure = Figure(figsize=(11, 4.4), layout="constrained")
-    panels = figure.subplots(1, 2)
-    measures = (
+    measures = [
         ("white-box reconstruction PSNR on the client's images (dB)", lambda r: r["reconstruction"]["white-box"]["train"]["psnr"]),
         ("white-box label-probe accuracy on the client's images", lambda r: r["label_inference"]["white-box"]["train"]["probe_accuracy"]),
-    )
+    ]
+    if any(r["gradient_label_leakage"]["measured"] for r in results):
+        measures.append((
+            "direction attack's mean leak AUC on dL/dz2 (U-shaped)",
+            lambda r: r["gradient_label_leakage"]["direction"]["mean"] if r["gradient_label_leakage"]["measured"] else math.nan,
+        ))
+    figure = Figure(figsize=(5.5 * len(measures), 4.4), layout="constrained")
+    panels = figure.subplots(1, len(measures))
     for axis, (label, measure) in zip(panels, measures, strict=True):
         for result in results:
             accuracy = result["test_accuracy"]
