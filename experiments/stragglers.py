@@ -47,6 +47,8 @@ from flsplit.launcher import SuperLink
 
 NAME = "stragglers"
 TARGET = 0.6
+#: Lower targets, reported beside the issue's: a speed-up still reads where a short run stops below 60 %.
+LOWER_TARGETS = (0.5, 0.4)
 WORKDIR = Path.home() / ".cache" / "flsplit" / "campaign" / NAME
 #: Entry -> (its keys beyond the shared ones, label).
 ENTRIES: dict[str, tuple[dict[str, Any], str]] = {
@@ -104,7 +106,10 @@ def summary(results: dict[str, dict[str, Any]], seeds: list[int], rounds: int) -
     """One row per entry over its complete seeds; the async row also compares itself with sync."""
     rows = []
     last3 = {e: [last_rounds_mean(run["rounds"]) for run in complete_runs(results, e, seeds, rounds)] for e in ENTRIES}
-    train_to = {e: [seconds_to(run["rounds"], "cumulative_train_s") for run in complete_runs(results, e, seeds, rounds)] for e in ENTRIES}
+    train_to = {
+        target: {e: [seconds_to(run["rounds"], "cumulative_train_s", target) for run in complete_runs(results, e, seeds, rounds)] for e in ENTRIES}
+        for target in (TARGET, *LOWER_TARGETS)
+    }
     for entry, (_, label) in ENTRIES.items():
         runs = complete_runs(results, entry, seeds, rounds)
         if not runs:
@@ -114,27 +119,32 @@ def summary(results: dict[str, dict[str, Any]], seeds: list[int], rounds: int) -
         row: dict[str, Any] = {
             "entry": label,
             "seeds": f"{len(runs)} of {len(seeds)}",
-            f"training time to {100 * TARGET:.0f} % (s)": reach_text(train_to[entry]),
+            f"training time to {100 * TARGET:.0f} % (s)": reach_text(train_to[TARGET][entry]),
             f"training + evaluation time to {100 * TARGET:.0f} % (s)": reach_text([seconds_to(run["rounds"], "cumulative_wall_s") for run in runs]),
+            **{f"training time to {100 * target:.0f} % (s)": reach_text(train_to[target][entry]) for target in LOWER_TARGETS},
             "final test acc. (%), mean ± std": f"{100 * final_mean:.1f} ± {100 * final_std:.1f}",
             "last 3 rounds (%), mean ± std": f"{100 * last_mean:.1f} ± {100 * last_std:.1f}",
             "training per round, median (s)": round(statistics.median(r["round_s"] for run in runs for r in run["rounds"]), 1),
             "server samples per round, mean": round(statistics.fmean(r["server_samples"] or r["train_samples"] for run in runs for r in run["rounds"])),
             "slept per round, mean (s)": round(statistics.fmean(r["client_slowdown_s"] for run in runs for r in run["rounds"]), 1),
         }
-        row["vs sync: speed-up to target; last-3 accuracy minus sync's (points)"] = _against_sync(entry, train_to, last3)
+        row["vs sync: speed-up to each target; last-3 accuracy minus sync's (points)"] = _against_sync(entry, train_to, last3)
         rows.append(row)
     return rows
 
 
-def _against_sync(entry: str, train_to: dict[str, list[float | None]], last3: dict[str, list[float]]) -> str:
-    """Sync's mean time to the target over this entry's, and this entry's last-3 accuracy minus sync's (points)."""
+def _against_sync(entry: str, train_to: dict[float, dict[str, list[float | None]]], last3: dict[str, list[float]]) -> str:
+    """Sync's mean time to each target over this entry's (over the seeds that reached it), and this
+    entry's last-3 accuracy minus sync's (points)."""
     if entry == "sync" or not last3["sync"] or not last3[entry]:
         return "-"
     cost = 100 * (statistics.fmean(last3[entry]) - statistics.fmean(last3["sync"]))
-    reached = {e: [t for t in train_to[e] if t is not None] for e in ("sync", entry)}
-    speedup = f"{statistics.fmean(reached['sync']) / statistics.fmean(reached[entry]):.2f}x" if all(reached.values()) else "n/a (target not reached)"
-    return f"{speedup}, {cost:+.1f}"
+    speedups = []
+    for target, times in train_to.items():
+        reached = {e: [t for t in times[e] if t is not None] for e in ("sync", entry)}
+        ratio = f"{statistics.fmean(reached['sync']) / statistics.fmean(reached[entry]):.2f}x" if all(reached.values()) else "not reached"
+        speedups.append(f"{100 * target:.0f} %: {ratio}")
+    return f"{'; '.join(speedups)}; {cost:+.1f}"
 
 
 def plot(results: dict[str, dict[str, Any]], settings: dict[str, Any], seeds: list[int], path: Path) -> None:
@@ -151,7 +161,8 @@ def plot(results: dict[str, dict[str, Any]], settings: dict[str, Any], seeds: li
             xs = [r["cumulative_train_s"] / 60 for r in rounds]
             ys = [100 * (r["test_accuracy"] if r["test_accuracy"] is not None else math.nan) for r in rounds]
             ax.plot(xs, ys, marker="o", markersize=3, color=f"C{index}", alpha=0.8, label=label if n == 0 else None)
-    ax.axhline(100 * TARGET, color="grey", linestyle=":", linewidth=0.8)
+    for target in (TARGET, *LOWER_TARGETS):
+        ax.axhline(100 * target, color="grey", linestyle=":" if target == TARGET else (0, (1, 4)), linewidth=0.8)
     ax.set_ylim(bottom=0)
     ax.set_xlabel("cumulative training time (min; evaluation excluded)")
     ax.set_ylabel(f"test accuracy (%, {'full test split' if not settings['eval-samples'] else str(settings['eval-samples']) + ' test images'})")
