@@ -124,7 +124,7 @@ def attack(run_dir: Path, round_number: int, args: argparse.Namespace) -> dict[s
     from flsplit.privacy import report  # the optional 'privacy' extra (torchmetrics)
 
     options = report.LeakOptions(round_number=round_number, aux_size=args.aux_size, target_size=args.target_size,
-                                 decoder_epochs=args.decoder_epochs, data_dir=args.data_dir)
+                                 decoder_epochs=args.decoder_epochs, data_dir=args.data_dir or None)
     print(f"  [{run_dir.name}] flsplit leak, round {round_number}", flush=True)
     result = report.leak(run_dir, options)
     for source, suffix in ((report.LEAK_MD, ".md"), (report.LEAK_GRID, ".png"), (report.LEAK_JSON, ".json")):  # the JSON last: it marks done
