@@ -151,6 +151,10 @@ def _against_sync(entry: str, train_to: dict[float, dict[str, list[float | None]
     return f"{'; '.join(speedups)}; {cost:+.1f}"
 
 
+def partition_text(settings: dict[str, Any]) -> str:
+    return "IID partitions" if settings["partition"] == "iid" else f"Dirichlet α = {settings['dirichlet-alpha']:g}"
+
+
 def plot(results: dict[str, dict[str, Any]], settings: dict[str, Any], seeds: list[int], path: Path) -> None:
     """Test accuracy against cumulative training time: one line per seed, per entry."""
     import matplotlib
@@ -172,7 +176,7 @@ def plot(results: dict[str, dict[str, Any]], settings: dict[str, Any], seeds: li
     ax.set_ylabel(f"test accuracy (%, {'full test split' if not settings['eval-samples'] else str(settings['eval-samples']) + ' test images'})")
     ax.set_title(
         f"CIFAR-10 (JPEG q75), ResNet-20 cut s, DSL, {len(settings['slowdowns'].split(','))} clients, slowdowns {settings['slowdowns']} "
-        f"(simulated: sleep)\nDirichlet α = 1, client sync {settings['client-sync'] or 'none'}, {settings['num-server-rounds']} round(s), "
+        f"(simulated: sleep)\n{partition_text(settings)}, client sync {settings['client-sync'] or 'none'}, {settings['num-server-rounds']} round(s), "
         f"max-batches {settings['max-batches'] or 'all'}; one line per seed",
         fontsize=9,
     )
@@ -201,7 +205,7 @@ def write_outputs(results: dict[str, dict[str, Any]], settings: dict[str, Any], 
         f"# One client slowed {settings['slowdowns'].split(',')[-1]}x: synchronous against asynchronous DSL\n\n"
         + (f"**PARTIAL**: {len(status['complete'])} of {len(plan)} runs complete; missing: {', '.join(status['partial'] + status['missing'])}. "
            "The same command continues it.\n\n" if partial else "")
-        + "CIFAR-10 recompressed as JPEG q75 (lossy), ResNet-20 cut s, Dirichlet α = 1; the slow client is simulated by a sleep of "
+        + f"CIFAR-10 recompressed as JPEG q75 (lossy), ResNet-20 cut s, {partition_text(settings)}; the slow client is simulated by a sleep of "
         f"(s−1)× its measured compute. Time to {100 * TARGET:.0f} %: training time only (evaluation excluded), then with evaluation. "
         f"Settings: `{json.dumps(settings)}`; {os.cpu_count()} CPU cores.\n\n"
     )
