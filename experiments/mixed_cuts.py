@@ -12,6 +12,14 @@ this machine's cores with each other and the server.
 - ``mixed``: the fast devices cut deeper (``d``, block 4), the 2x one at ``s`` (block 2), the 4x
   one after block 1.
 
+Two ablations (``--setups``) ask where ``mixed`` loses accuracy against ``uniform``:
+
+- ``uniform-1``: every client after block 1, the 4x device's cut in ``mixed``: what DSL's
+  shallowest local loss costs on its own, with no mixing.
+- ``mixed-no-1``: ``mixed`` with the 4x device at ``s`` (``4,4,s,s``): the same averaging of block
+  copies that trained in different roles (a deep client's interior, the server's copy), without a
+  client at block 1.
+
 Per run and round it keeps the accuracy, each client's compute, busy time and probed peak
 memory, the round's wall time and its bytes. The summary compares the slowest client's busy time
 per round and the round's wall time (goal: both at least 40 % lower for ``mixed``) and the final
@@ -19,7 +27,7 @@ accuracy (goal: within 2 points). Times are means over rounds 2 onwards: round 1
 dataset in every fresh Ray worker. Runs live in ``--workdir`` and resume from their checkpoints;
 the results are rewritten after every round, with PARTIAL in the header until every run is done.
 
-    python -m experiments.mixed_cuts --data-dir <data-dir> [--seeds 0 1 2] [--rounds 5] [--max-batches 0]
+    python -m experiments.mixed_cuts --data-dir <data-dir> [--seeds 0 1 2] [--rounds 5] [--max-batches 0] [--setups uniform mixed uniform-1 mixed-no-1]
 """
 
 from __future__ import annotations
@@ -39,7 +47,9 @@ NAME = "mixed_cuts"
 WORKDIR = Path.home() / ".cache" / "flsplit" / "campaign" / NAME  # outside the work tree, as the other campaigns'
 SLOWDOWNS = "1,1,2,4"
 #: setup -> (the run's cut: the shallowest, where the server's slice starts; the cut by partition)
-SETUPS = {"uniform": ("m", "m,m,m,m"), "mixed": ("1", "4,4,s,1")}
+SETUPS = {"uniform": ("m", "m,m,m,m"), "mixed": ("1", "4,4,s,1"), "uniform-1": ("1", "1,1,1,1"), "mixed-no-1": ("s", "4,4,s,s")}
+#: What the issue compares; the other setups are ablations of the accuracy gap between these two.
+COMPARED = ("uniform", "mixed")
 KEPT = ("round", "test_accuracy", "test_accuracy_per_cut", "round_s", "eval_s", "bytes_up", "bytes_down",
         "per_client_compute_s", "per_client_busy_s", "per_client_peak_mb", "server_s")
 
@@ -88,15 +98,17 @@ def summary(runs: dict[str, dict[int, list[dict[str, Any]]]], rounds: int) -> li
 
 
 def versus(rows: list[dict[str, Any]]) -> str:
-    """The goals, mixed against uniform, as a sentence per measure."""
+    """The goals, mixed against uniform, as a sentence per measure; each ablation's accuracy against uniform."""
     by = {row["setup"]: row for row in rows}
-    if set(by) != set(SETUPS):
+    if not set(COMPARED) <= set(by):
         return ""
     change = lambda key: 100 * (by["mixed"][key] / by["uniform"][key] - 1)  # noqa: E731
+    gap = lambda setup: by[setup]["final test acc (%)"] - by["uniform"]["final test acc (%)"]  # noqa: E731
+    ablations = "".join(f"{setup} vs uniform: final accuracy {gap(setup):+.2f} points\n" for setup in by if setup not in COMPARED)
     return (
         f"mixed vs uniform: slowest client's busy time {change('slowest client busy s/round'):+.0f} % (goal: -40 % or less), "
         f"round wall time {change('round wall s (train)'):+.0f} % (goal: -40 % or less), "
-        f"final accuracy {by['mixed']['final test acc (%)'] - by['uniform']['final test acc (%)']:+.2f} points (goal within 2)\n"
+        f"final accuracy {gap('mixed'):+.2f} points (goal within 2)\n" + ablations
     )
 
 
@@ -108,13 +120,13 @@ def plot(runs: dict[str, dict[int, list[dict[str, Any]]]], path: Path, round_lab
     import matplotlib.pyplot as plt
 
     fig, (busy, accuracy) = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.4
+    width = 0.8 / len(runs)
     for offset, (setup, by_seed) in enumerate(runs.items()):
         rounds = [r for run in by_seed.values() for r in (run[1:] or run)]
         if not rounds:
             continue
         means = [statistics.fmean(r["per_client_busy_s"][str(p)] for r in rounds) for p in range(4)]
-        busy.bar([p + (offset - 0.5) * width for p in range(4)], means, width, label=f"{setup} (cuts {SETUPS[setup][1]})")
+        busy.bar([p + (offset - (len(runs) - 1) / 2) * width for p in range(4)], means, width, label=f"{setup} (cuts {SETUPS[setup][1]})")
         longest = max(len(run) for run in by_seed.values())
         curve = [statistics.fmean(100 * run[i]["test_accuracy"] for run in by_seed.values() if len(run) > i) for i in range(longest)]
         line, = accuracy.plot(range(1, longest + 1), curve, marker="o", label=f"{setup} (mean of {len(by_seed)} seeds)")
@@ -135,13 +147,13 @@ def plot(runs: dict[str, dict[int, list[dict[str, Any]]]], path: Path, round_lab
 
 
 def write_outputs(runs: dict[str, dict[int, list[dict[str, Any]]]], args: argparse.Namespace) -> str:
-    planned = len(SETUPS) * len(args.seeds)
+    planned = len(args.setups) * len(args.seeds)
     finished = sum(len(run) >= args.rounds for by_seed in runs.values() for run in by_seed.values())
     rows = summary(runs, args.rounds)
     header = "" if finished == planned else f"PARTIAL: {finished} of {planned} runs complete; the same command continues.\n\n"
     text = header + versus(rows) + "\n" + (markdown_table(rows) if rows else "(no complete run yet)\n")
     RESULTS.mkdir(exist_ok=True)
-    settings = {"slowdowns": SLOWDOWNS, "setups": SETUPS, "rounds": args.rounds, "max_batches": args.max_batches, "seeds": args.seeds}
+    settings = {"slowdowns": SLOWDOWNS, "setups": {s: SETUPS[s] for s in args.setups}, "rounds": args.rounds, "max_batches": args.max_batches, "seeds": args.seeds}
     payload = {"settings": settings, "partial": finished < planned, "summary": rows,
                "runs": {s: {str(seed): [{k: r.get(k) for k in KEPT} for r in run] for seed, run in by_seed.items()} for s, by_seed in runs.items()}}
     (RESULTS / f"{NAME}.json").write_text(json.dumps(payload, indent=1))
@@ -158,12 +170,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-batches", type=int, default=0, help="batches per client and round; 0: a whole local epoch")
     parser.add_argument("--eval-samples", type=int, default=0, help="0: the whole test split")
+    parser.add_argument("--setups", nargs="+", default=list(COMPARED), choices=list(SETUPS), help="the two compared, and ablations")
     parser.add_argument("--workdir", type=Path, default=WORKDIR)
     args = parser.parse_args()
-    runs: dict[str, dict[int, list[dict[str, Any]]]] = {setup: {} for setup in SETUPS}
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {setup: {} for setup in args.setups}
     with tempfile.TemporaryDirectory() as tmp, SuperLink(Path(tmp) / "flwr-home") as link:
         for seed in args.seeds:
-            for setup in SETUPS:
+            for setup in args.setups:
                 name = f"{setup}-seed{seed}-r{args.rounds}-b{args.max_batches}"
                 print(f"[{setup} seed {seed}] cuts {SETUPS[setup][1]}, slowdowns {SLOWDOWNS}", flush=True)
 
