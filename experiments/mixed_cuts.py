@@ -12,7 +12,7 @@ this machine's cores with each other and the server.
 - ``mixed``: the fast devices cut deeper (``d``, block 4), the 2x one at ``s`` (block 2), the 4x
   one after block 1.
 
-Two ablations (``--setups``) ask where ``mixed`` loses accuracy against ``uniform``:
+Two ablations (``--ablations``; ``uniform`` and ``mixed`` always run, or are read back) ask where ``mixed`` loses accuracy against ``uniform``:
 
 - ``uniform-1``: every client after block 1, the 4x device's cut in ``mixed``: what DSL's
   shallowest local loss costs on its own, with no mixing.
@@ -27,7 +27,7 @@ accuracy (goal: within 2 points). Times are means over rounds 2 onwards: round 1
 dataset in every fresh Ray worker. Runs live in ``--workdir`` and resume from their checkpoints;
 the results are rewritten after every round, with PARTIAL in the header until every run is done.
 
-    python -m experiments.mixed_cuts --data-dir <data-dir> [--seeds 0 1 2] [--rounds 5] [--max-batches 0] [--setups uniform mixed uniform-1 mixed-no-1]
+    python -m experiments.mixed_cuts --data-dir <data-dir> [--seeds 0 1 2] [--rounds 5] [--max-batches 0] [--ablations uniform-1 mixed-no-1]
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def versus(rows: list[dict[str, Any]]) -> str:
     """The goals, mixed against uniform, as a sentence per measure; each ablation's accuracy against uniform."""
     by = {row["setup"]: row for row in rows}
     if not set(COMPARED) <= set(by):
-        return ""
+        return ""  # a compared setup has no complete run yet
     change = lambda key: 100 * (by["mixed"][key] / by["uniform"][key] - 1)  # noqa: E731
     gap = lambda setup: by[setup]["final test acc (%)"] - by["uniform"]["final test acc (%)"]  # noqa: E731
     ablations = "".join(f"{setup} vs uniform: final accuracy {gap(setup):+.2f} points\n" for setup in by if setup not in COMPARED)
@@ -170,9 +170,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-batches", type=int, default=0, help="batches per client and round; 0: a whole local epoch")
     parser.add_argument("--eval-samples", type=int, default=0, help="0: the whole test split")
-    parser.add_argument("--setups", nargs="+", default=list(COMPARED), choices=list(SETUPS), help="the two compared, and ablations")
+    parser.add_argument("--ablations", nargs="*", default=[], choices=[s for s in SETUPS if s not in COMPARED], help="setups run beside the two compared")
     parser.add_argument("--workdir", type=Path, default=WORKDIR)
     args = parser.parse_args()
+    args.setups = [*COMPARED, *args.ablations]  # the results always hold the issue's comparison
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {setup: {} for setup in args.setups}
     with tempfile.TemporaryDirectory() as tmp, SuperLink(Path(tmp) / "flwr-home") as link:
         for seed in args.seeds:
